@@ -1,0 +1,77 @@
+"""Crash-safe file output: directories and files are written beside their destination and renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+__all__ = ["atomic_directory", "atomic_file"]
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of `destination`; on success it replaces `destination` in one rename.
+
+    A crash (exception, SIGKILL, power loss) inside the block leaves `destination` as it was: either absent or
+    the previous complete version. The temporary sibling is removed on an exception; after SIGKILL it stays
+    behind under a `.tmp-` name that is never mistaken for the real thing.
+
+    Args:
+        destination (`str` or `os.PathLike`):
+            The directory to produce.
+        overwrite (`bool`, *optional*, defaults to `True`):
+            Replace an existing `destination`. With `False`, an existing one raises `FileExistsError`.
+
+    Example:
+
+    ```python
+    >>> with atomic_directory("out/model") as tmp:
+    ...     model.save_pretrained(tmp)
+    ```
+    """
+    destination = Path(destination).expanduser().absolute()
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} already exists")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}-", dir=destination.parent))
+    try:
+        yield tmp
+        if destination.exists():
+            # Two renames: the old version moves aside first, so there is no moment with a half-deleted dir.
+            old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}-", dir=destination.parent))
+            os.replace(destination, old / "x")
+            os.replace(tmp, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(destination: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary sibling of `destination` for writing; rename it into place when the block succeeds.
+
+    Example:
+
+    ```python
+    >>> with atomic_file("results.jsonl") as handle:
+    ...     handle.write("{}\\n")
+    ```
+    """
+    destination = Path(destination).expanduser().absolute()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{destination.name}-", dir=destination.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+        os.replace(tmp, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,178 @@
+"""The `hfpipes` command line: `hfpipes run | tasks` (and `python -m hfpipes`, the same thing).
+
+Results are JSON lines on stdout (or in `--output`); logs go to stderr. Project errors print one line,
+`error: ...`, and exit with status 2, never a traceback.
+
+Example:
+
+```
+$ hfpipes run sentiment "I love it" "awful"
+{"label": "positive", "score": 0.98}
+{"label": "negative", "score": 0.97}
+$ hfpipes run image-classification cat.jpg --option top_k=1
+$ hfpipes run sentiment --input-file reviews.txt --output results.jsonl
+$ hfpipes tasks
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .errors import HfpipesError, InvalidInputError
+
+__all__ = ["main"]
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """`k=v` -> (k, v) with v read as JSON when it is JSON (numbers, true, null, lists), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise InvalidInputError(f"--option {text!r}: expected KEY=VALUE, e.g. --option top_k=3.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def _read_input_file(path: str, field: str | None) -> Iterator[Any]:
+    """Stream inputs from a .txt file (one per line) or a .jsonl file (one JSON value per line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError(f"--input-file {path!r}: file not found.")
+    jsonl = file.suffix.lower() in (".jsonl", ".ndjson", ".json")
+    with file.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n")
+            if not jsonl:
+                yield line
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InvalidInputError(f"{path}, line {line_number}: not valid JSON ({err.msg}).") from None
+            if field is not None:
+                if not isinstance(value, dict) or field not in value:
+                    raise InvalidInputError(f"{path}, line {line_number}: expected an object with a {field!r} field.")
+                value = value[field]
+            yield value
+
+
+def _jsonable(value: Any) -> Any:
+    """Make a result JSON-serialisable: tuples -> lists, numpy scalars -> numbers, images -> their path."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if not (k == "image" and "path" in value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if type(value).__module__.startswith("PIL."):
+        raise InvalidInputError("This task returns images: pass --option save_to=DIR to write them as files.")
+    return value
+
+
+def _write_results(results: Iterable[Any], output: str | None) -> None:
+    if output is None:
+        for result in results:
+            print(json.dumps(_jsonable(result), ensure_ascii=False), flush=True)
+        return
+    from ._io import atomic_file
+
+    with atomic_file(output) as handle:
+        for result in results:
+            handle.write(json.dumps(_jsonable(result), ensure_ascii=False) + "\n")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import hfpipes
+
+    options = dict(_parse_option(o) for o in args.option)
+    if args.inputs and args.input_file:
+        raise InvalidInputError("Give inputs on the command line or with --input-file, not both.")
+    if args.input_file:
+        inputs: Any = _read_input_file(args.input_file, args.field)
+    elif args.inputs:
+        inputs = list(args.inputs)
+    else:
+        raise InvalidInputError("No input: give INPUT arguments or --input-file FILE.")
+    pipe = hfpipes.load(args.task, args.model, device=args.device, dtype=args.dtype, **_load_options(options))
+    results = pipe(inputs, batch_size=args.batch_size, **options)
+    _write_results(results, args.output)
+    return 0
+
+
+def _load_options(options: dict[str, Any]) -> dict[str, Any]:
+    from . import _LOAD_OPTIONS
+
+    return {k: options.pop(k) for k in _LOAD_OPTIONS if k in options}
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from .registry import task_specs
+
+    for spec in task_specs():
+        print(f"{spec.name}")
+        print(f"    {spec.description}")
+        if spec.aliases:
+            print(f"    aliases:     {', '.join(spec.aliases)}")
+        print(f"    default:     {spec.default_model or '(none: pass --model)'}")
+        if spec.recommended_model:
+            print(f"    recommended: {spec.recommended_model} (Hub, needs a network)")
+    return 0
+
+
+def _batch_size(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfpipes", description="Run and fine-tune Hugging Face models, one interface for every task.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run a task on inputs; JSON lines out")
+    run.add_argument("task", help="task name or alias (see `hfpipes tasks`)")
+    run.add_argument("inputs", nargs="*", metavar="INPUT", help="texts, or paths to images/audio")
+    run.add_argument("--model", "-m", help="Hub id, local directory, package:NAME/path or embedded:NAME")
+    run.add_argument("--input-file", "-i", help=".txt (one input per line) or .jsonl (one JSON value per line)")
+    run.add_argument("--field", help="with a .jsonl input file of objects: the field holding the input")
+    run.add_argument("--output", "-o", help="write JSON lines here instead of stdout")
+    run.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--dtype", default="auto")
+    run.add_argument("--batch-size", type=_batch_size, default="auto")
+    run.set_defaults(handler=_cmd_run)
+
+    tasks = commands.add_parser("tasks", help="list tasks, their aliases and default models")
+    tasks.set_defaults(handler=_cmd_tasks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("hfpipes").setLevel(level)
+    try:
+        return args.handler(args)
+    except HfpipesError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

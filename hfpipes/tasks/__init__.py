@@ -1,0 +1,1 @@
+"""One self-contained module per task. They are imported lazily, through `hfpipes.registry`."""

@@ -1,0 +1,99 @@
+"""Image classification: any `AutoModelForImageClassification` and its image processor.
+
+Inputs are file paths, URLs, raw bytes, `PIL.Image`s or numpy arrays (see `hfpipes.inputs.load_image`);
+grayscale, palette, transparent, CMYK and 16-bit images are converted to RGB. Each image is decoded and
+preprocessed on its own (a window of large photos never sits in memory at once), then batched.
+
+Example:
+
+```python
+>>> import hfpipes
+>>> hfpipes.run("image-classification", "cat.jpg", top_k=2)
+[{'label': 'Egyptian cat', 'score': 0.77}, {'label': 'tabby, tabby cat', 'score': 0.12}]
+```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..inputs import load_image
+from ..task import Task
+
+
+class ImageClassificationTask(Task):
+    """Classify images.
+
+    Call options:
+        top_k (`int` or `None`, *optional*, defaults to 5):
+            How many labels to return per image, best first; `None` returns all of them.
+        function_to_apply (`str`, *optional*):
+            `"softmax"`, `"sigmoid"` or `"none"`; defaults to sigmoid for multi-label models, else softmax.
+    """
+
+    task = "image-classification"
+    batch_budget = 32 * 224 * 224  # pixels per batch
+    max_batch_size = 32
+    window_size = 64
+
+    def _load(self, location: Any, **kwargs: Any) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        from ..models import register_auto_classes
+
+        # Our own architectures (EfficientNet-Lite for the offline default) must be known to the Auto classes.
+        register_auto_classes()
+        # Without torchvision transformers picks the PIL backend anyway, after a warning on every load.
+        backend = {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
+        self.processor = self.from_pretrained(AutoImageProcessor, **backend, **kwargs)
+        self.model = self.from_pretrained(AutoModelForImageClassification, **kwargs)
+
+    def _sanitize_parameters(self, top_k: int | None | str = "", function_to_apply: str | None = None):
+        postprocess = {}
+        if top_k != "":
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise InvalidInputError(f"top_k: expected a positive integer or None (all labels), got {top_k!r}.")
+            postprocess["top_k"] = top_k
+        if function_to_apply is not None:
+            if str(function_to_apply).lower() not in ("softmax", "sigmoid", "none"):
+                raise InvalidInputError(f"function_to_apply: expected 'softmax', 'sigmoid' or 'none', got {function_to_apply!r}.")
+            postprocess["function_to_apply"] = str(function_to_apply).lower()
+        return {}, {}, postprocess
+
+    def preprocess(self, inputs: list[Any], start: int) -> list[dict]:
+        features = []
+        for i, value in enumerate(inputs):
+            image = load_image(value, f"input {start + i}")
+            features.append({"pixel_values": self.processor(images=image, return_tensors="pt")["pixel_values"][0]})
+        return features
+
+    def _length(self, feature: dict) -> int:
+        return feature["pixel_values"].shape[-1] * feature["pixel_values"].shape[-2]
+
+    def _collate(self, features: list[dict]) -> dict:
+        import torch
+
+        return {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
+
+    def _forward(self, batch: dict) -> dict:
+        return {"logits": self.model(**batch).logits.float()}
+
+    def postprocess(self, output: dict, top_k: int | None = 5, function_to_apply: str | None = None) -> list[dict]:
+        import torch
+
+        logits = output["logits"]
+        config = self.model.config
+        if function_to_apply is None:
+            multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
+            function_to_apply = "sigmoid" if multi_label else "softmax"
+        if function_to_apply == "softmax":
+            scores = torch.softmax(logits, dim=-1)
+        elif function_to_apply == "sigmoid":
+            scores = torch.sigmoid(logits)
+        else:
+            scores = logits
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        ranked = [{"label": config.id2label.get(i, f"LABEL_{i}"), "score": float(scores[i])} for i in order]
+        return ranked if top_k is None else ranked[:top_k]

@@ -1,0 +1,124 @@
+"""Sentiment analysis (text classification): any `AutoModelForSequenceClassification` and its tokenizer.
+
+A window of texts is tokenized in one call, without padding; the base class sorts the encodings by length
+and pads each batch only to its own longest member. Texts longer than the model's maximum length are
+truncated with a warning (never an index error).
+
+Example:
+
+```python
+>>> import hfpipes
+>>> hfpipes.run("sentiment", "I love it")
+{'label': 'positive', 'score': 0.98}
+>>> hfpipes.run("sentiment", "It was fine", top_k=None)
+[{'label': 'neutral', 'score': 0.71}, {'label': 'positive', 'score': 0.2}, {'label': 'negative', 'score': 0.09}]
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..batching import pad_sequences
+from ..errors import InvalidInputError
+from ..inputs import load_text
+from ..task import Task
+
+logger = logging.getLogger("hfpipes")
+
+# Tokenizers report 1e30 for "no limit"; then the model's position embeddings set the limit.
+_NO_LIMIT = 100_000
+
+
+class SentimentTask(Task):
+    """Label texts with a sequence-classification model.
+
+    Call options:
+        top_k (`int` or `None`, *optional*, defaults to 1):
+            With 1, each result is one `{"label", "score"}` dict; with `k > 1` a list of the `k` best; with `None`,
+            all labels sorted by score.
+        function_to_apply (`str`, *optional*):
+            `"softmax"`, `"sigmoid"` or `"none"`. Defaults to what the model's config implies (softmax for
+            single-label models, sigmoid for multi-label or one-logit models, none for regression), as
+            `transformers.pipeline("text-classification")` does.
+        max_length (`int`, *optional*):
+            Truncate inputs to this many tokens; defaults to the model's maximum.
+    """
+
+    task = "sentiment"
+    batch_budget = 8192  # tokens per batch
+    max_batch_size = 64
+    window_size = 2048
+
+    def _load(self, location: Any, **kwargs: Any) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = self.from_pretrained(AutoTokenizer, **kwargs)
+        self.model = self.from_pretrained(AutoModelForSequenceClassification, **kwargs)
+        limits = (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
+        self.max_length = min((limit for limit in limits if limit and limit < _NO_LIMIT), default=512)
+        self._pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            self._pad_values["token_type_ids"] = 0
+
+    def _sanitize_parameters(self, top_k: int | None | str = "", function_to_apply: str | None = None, max_length: int | None = None):
+        preprocess, postprocess = {}, {}
+        if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+                raise InvalidInputError(f"max_length: expected an integer >= 2, got {max_length!r}.")
+            preprocess["max_length"] = min(max_length, self.max_length)
+        if top_k != "":
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise InvalidInputError(f"top_k: expected a positive integer or None (all labels), got {top_k!r}.")
+            postprocess["top_k"] = top_k
+        if function_to_apply is not None:
+            if str(function_to_apply).lower() not in ("softmax", "sigmoid", "none"):
+                raise InvalidInputError(f"function_to_apply: expected 'softmax', 'sigmoid' or 'none', got {function_to_apply!r}.")
+            postprocess["function_to_apply"] = str(function_to_apply).lower()
+        return preprocess, {}, postprocess
+
+    def preprocess(self, inputs: list[Any], start: int, max_length: int | None = None) -> list[dict]:
+        texts = [load_text(text, f"input {start + i}") for i, text in enumerate(inputs)]
+        limit = max_length or self.max_length
+        encoded = self.tokenizer(texts, truncation=True, max_length=limit)
+        truncated = [start + i for i, enc in enumerate(encoded.encodings or []) if enc.overflowing]
+        if truncated:
+            logger.warning(
+                "hfpipes sentiment: %d input(s) longer than %d tokens were truncated (first: input %d).",
+                len(truncated), limit, truncated[0],
+            )  # fmt: skip
+        keys = list(self._pad_values)
+        return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
+
+    def _collate(self, features: list[dict]) -> dict:
+        return pad_sequences(features, self._pad_values)
+
+    def _forward(self, batch: dict) -> dict:
+        return {"logits": self.model(**batch).logits.float()}
+
+    def postprocess(self, output: dict, top_k: int | None = 1, function_to_apply: str | None = None) -> Any:
+        import torch
+
+        logits = output["logits"]
+        config = self.model.config
+        if function_to_apply is None:
+            if config.problem_type == "regression":
+                function_to_apply = "none"
+            elif config.problem_type == "multi_label_classification" or config.num_labels == 1:
+                function_to_apply = "sigmoid"
+            else:
+                function_to_apply = "softmax"
+        if function_to_apply == "softmax":
+            scores = torch.softmax(logits, dim=-1)
+        elif function_to_apply == "sigmoid":
+            scores = torch.sigmoid(logits)
+        else:
+            scores = logits
+        ranked = [
+            {"label": config.id2label.get(i, f"LABEL_{i}"), "score": float(scores[i])}
+            for i in torch.argsort(scores, descending=True, stable=True).tolist()
+        ]
+        if top_k == 1:
+            return ranked[0]
+        return ranked if top_k is None else ranked[:top_k]
