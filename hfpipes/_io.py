@@ -13,7 +13,7 @@ __all__ = ["atomic_directory", "atomic_file"]
 
 
 @contextlib.contextmanager
-def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True, keep: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of `destination`; on success it replaces `destination` in one rename.
 
     A crash (exception, SIGKILL, power loss) inside the block leaves `destination` as it was: either absent or
@@ -25,6 +25,9 @@ def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True) 
             The directory to produce.
         overwrite (`bool`, *optional*, defaults to `True`):
             Replace an existing `destination`. With `False`, an existing one raises `FileExistsError`.
+        keep (`tuple[str]`, *optional*, defaults to `()`):
+            Entries of an existing `destination` carried over into the new version when the block succeeds
+            (e.g. a fine-tune's `checkpoints/`), unless the block wrote an entry of the same name.
 
     Example:
 
@@ -40,6 +43,9 @@ def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True) 
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}-", dir=destination.parent))
     try:
         yield tmp
+        for name in keep:
+            if (destination / name).exists() and not (tmp / name).exists():
+                os.replace(destination / name, tmp / name)
         if destination.exists():
             # Two renames: the old version moves aside first, so there is no moment with a half-deleted dir.
             old = Path(tempfile.mkdtemp(prefix=f".old-{destination.name}-", dir=destination.parent))

@@ -1,4 +1,4 @@
-"""The `hfpipes` command line: `hfpipes run | tasks` (and `python -m hfpipes`, the same thing).
+"""The `hfpipes` command line: `hfpipes run | finetune | tasks` (and `python -m hfpipes`, the same thing).
 
 Results are JSON lines on stdout (or in `--output`); logs go to stderr. Project errors print one line,
 `error: ...`, and exit with status 2, never a traceback.
@@ -11,6 +11,9 @@ $ hfpipes run sentiment "I love it" "awful"
 {"label": "negative", "score": 0.97}
 $ hfpipes run image-classification cat.jpg --option top_k=1
 $ hfpipes run sentiment --input-file reviews.txt --output results.jsonl
+$ hfpipes finetune tasks/sentiment.yaml --set epochs=1
+$ accelerate launch --multi_gpu --num_processes 2 -m hfpipes finetune tasks/sentiment.yaml
+$ accelerate launch --multi_gpu --num_processes 2 -m hfpipes run sentiment -i big.jsonl -o out.jsonl
 $ hfpipes tasks
 ```
 """
@@ -103,16 +106,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
         inputs = list(args.inputs)
     else:
         raise InvalidInputError("No input: give INPUT arguments or --input-file FILE.")
-    pipe = hfpipes.load(args.task, args.model, device=args.device, dtype=args.dtype, **_load_options(options))
-    results = pipe(inputs, batch_size=args.batch_size, **options)
-    _write_results(results, args.output)
+    state = _distributed_state()
+    device = state.device if state is not None and args.device == "auto" else args.device
+    pipe = hfpipes.load(args.task, args.model, device=device, dtype=args.dtype, **_load_options(options))
+    if state is None:
+        _write_results(pipe(inputs, batch_size=args.batch_size, **options), args.output)
+        return 0
+    # Under `accelerate launch`: each process runs a contiguous shard with the usual batching; the main
+    # process gathers the shards in rank order and writes them, so the file equals a one-process run's.
+    from accelerate.utils import gather_object
+
+    with state.split_between_processes(list(inputs)) as shard:
+        results = pipe(shard, batch_size=args.batch_size, **options) if shard else []
+    everything = gather_object([_jsonable(r) for r in results])
+    if state.is_main_process:
+        _write_results(everything, args.output)
+    state.wait_for_everyone()
     return 0
+
+
+def _distributed_state() -> Any:
+    """Accelerate's process state when launched on several processes (`accelerate launch`), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    from .training import launched_without_gpu
+
+    return PartialState(cpu=launched_without_gpu())
 
 
 def _load_options(options: dict[str, Any]) -> dict[str, Any]:
     from . import _LOAD_OPTIONS
 
     return {k: options.pop(k) for k in _LOAD_OPTIONS if k in options}
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .training import finetune, load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    task = recipe.pop("task")
+    train = recipe.pop("train")
+    result = finetune(task, train, **recipe)
+    if _is_main_process():
+        print(json.dumps({"output_dir": result.output_dir, "num_processes": result.num_processes, "metrics": result.metrics}, indent=2))
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
@@ -153,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_batch_size, default="auto")
     run.set_defaults(handler=_cmd_run)
 
+    tune = commands.add_parser("finetune", help="fine-tune a model from a recipe (works under `accelerate launch`)")
+    tune.add_argument("recipe", help="a YAML recipe, e.g. tasks/sentiment.yaml")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (dots for nesting: peft.r=4)")
+    tune.set_defaults(handler=_cmd_finetune)
+
     tasks = commands.add_parser("tasks", help="list tasks, their aliases and default models")
     tasks.set_defaults(handler=_cmd_tasks)
     return parser
@@ -161,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet or not _is_main_process() else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("hfpipes").setLevel(level)
     try:

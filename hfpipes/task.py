@@ -28,10 +28,11 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 from .batching import plan_batches, windows
-from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError, UnsafeModelError
+from .errors import ConfigError, InvalidInputError, ModelLoadError, ModelNotFoundError, UnsafeModelError
 from .inputs import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +46,8 @@ logger = logging.getLogger("hfpipes")
 
 # Options every task accepts at call time; the rest are the task's own (`_sanitize_parameters`).
 COMMON_CALL_OPTIONS = ("batch_size", "progress", "column")
+# Written beside a LoRA adapter: the task, the base model spec and the head's config (labels).
+ADAPTER_INFO = "hfpipes_adapter.json"
 # Above this many batches in one call a progress bar appears (unless progress=False).
 PROGRESS_MIN_BATCHES = 4
 
@@ -135,8 +138,8 @@ def _to_device(value: Any, device: "torch.device", dtype: "torch.dtype") -> Any:
 
 
 @contextlib.contextmanager
-def _no_transformers_progress_bars() -> Iterator[None]:
-    """Hide transformers' per-load "Loading weights" bar; hfpipes logs one line per load instead."""
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' per-file "Loading weights" / "Writing model shards" bars; hfpipes logs one line instead."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -270,10 +273,30 @@ class Task:
             # safetensors only, unless the caller opted into pickle (which can run code when unpickled).
             options.setdefault("use_safetensors", None if self.allow_pickle else True)
         try:
-            with _no_transformers_progress_bars():
+            with quiet_progress_bars():
+                if is_model and (Path(path) / "adapter_config.json").is_file():
+                    return self._load_adapter(auto_class, Path(path), options)
                 return auto_class.from_pretrained(path, **options)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise self._loading_error(err, path, auto_class) from None
+
+    def _load_adapter(self, auto_class: Any, directory: Path, options: dict[str, Any]) -> Any:
+        """A LoRA fine-tune saved by `save_trained`: load its base model, apply the adapter, merge it for speed."""
+        import json
+
+        from peft import PeftModel
+
+        from .sources import resolve_model
+
+        info_file = directory / ADAPTER_INFO
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        base_spec = info.get("base_model") or json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = resolve_model(base_spec, allow_pickle=self.allow_pickle)
+        overrides = dict(info.get("config_overrides", {}))
+        if "id2label" in overrides:  # JSON made the ids strings
+            overrides["id2label"] = {int(k): v for k, v in overrides["id2label"].items()}
+        model = auto_class.from_pretrained(base.path, **{**base.load_kwargs, **options, **overrides})
+        return PeftModel.from_pretrained(model, directory).merge_and_unload()
 
     def _loading_error(self, err: Exception, path: str, auto_class: Any) -> Exception:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -320,7 +343,7 @@ class Task:
         """
         from ._io import atomic_directory
 
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory) as tmp, quiet_progress_bars():
             for component in self._components():
                 component.save_pretrained(tmp)
         return os.fspath(directory)
@@ -496,6 +519,75 @@ class Task:
             results.append(self.postprocess(group_outputs if chunked else group_outputs[0], **postprocess_kwargs))
         return results
 
+    # ------------------------------------------------------------------- fine-tuning hooks (hfpipes.training)
+    # The training loop (`hfpipes.training`) knows no task; it calls these. A task that can be fine-tuned
+    # overrides at least `encode_example` and `training_collate`.
+
+    # Logical data columns a training record must have / may have (recipes map their own names onto them).
+    train_columns: ClassVar[tuple[str, ...]] = ()
+    optional_train_columns: ClassVar[tuple[str, ...]] = ()
+    # The metric that picks "better" for early stopping, and its direction.
+    main_metric: ClassVar[str] = "eval_loss"
+    greater_is_better: ClassVar[bool] = False
+    # peft's task type for LoRA (`"SEQ_CLS"`, `"CAUSAL_LM"`, ...), which also decides what peft keeps trainable.
+    peft_task_type: ClassVar[str | None] = None
+
+    @classmethod
+    def for_finetuning(cls, model: str | None, config: Any) -> "Task":
+        """Load the model to fine-tune, on the CPU in float32 (Accelerate moves it and handles precision)."""
+        if config.model_config is not None:
+            raise ConfigError(f"model_config: the {cls.task!r} task starts from a pretrained model; remove model_config.")
+        return cls(model, device="cpu", dtype="float32", allow_pickle=config.allow_pickle)
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        """Called once with the validated records before encoding: build label sets, resize heads, ..."""
+        self.train_config = config
+
+    def encode_example(self, example: dict, where: str) -> Any:
+        """Validate and encode one training record (raise `DataError` naming `where`)."""
+        raise ConfigError(f"The {self.task!r} task does not support fine-tuning.")
+
+    def training_collate(self, features: list) -> dict:
+        """Pad and stack encoded examples into a batch of CPU tensors, `labels` included."""
+        raise NotImplementedError
+
+    def training_loss(self, model: Any, batch: dict) -> "torch.Tensor":
+        """The loss of one batch (the model may be wrapped by Accelerate/DDP)."""
+        return model(**batch).loss
+
+    def batch_length(self, batch: dict) -> int:
+        """How many examples a collated batch holds."""
+        return len(next(v for v in batch.values() if hasattr(v, "__len__")))
+
+    def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list] | None:
+        """Per-example predictions and references of one evaluation batch, for `compute_metrics`."""
+        return None
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        """Metrics over the whole (gathered) evaluation set."""
+        return {}
+
+    def trainable_model(self, config: Any) -> Any:
+        """The module the loop trains: the model, wrapped with LoRA adapters when `config.peft` asks for them."""
+        model = self.model
+        if config.peft:
+            model = _apply_peft(model, config.peft, self.peft_task_type)
+        model.train()
+        return model
+
+    def save_trained(self, model: Any, directory: Any) -> None:
+        """Write the trained model and its preprocessors (adapters only, for a LoRA fine-tune)."""
+        import json
+
+        model.save_pretrained(directory)
+        for component in self._components()[1:]:
+            component.save_pretrained(directory)
+        if hasattr(model, "peft_config"):
+            # Without config.json the directory is a pure adapter; these are what the base needs to take it.
+            base_config = model.get_base_model().config
+            info = {"task": self.task, "base_model": self.model_name, "config_overrides": _head_config(base_config)}
+            (Path(directory) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
     # ----------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
@@ -522,3 +614,32 @@ class Task:
 def _is_dataset(value: Any) -> bool:
     # Checked by name so that a plain call never imports `datasets`.
     return type(value).__module__.startswith("datasets.") and hasattr(value, "column_names")
+
+
+def _head_config(config: Any) -> dict[str, Any]:
+    """The parts of a config that a fine-tune changes and a base model needs to take a trained head."""
+    keys = ("num_labels", "id2label", "label2id", "problem_type")
+    return {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
+
+
+def _apply_peft(model: Any, options: dict[str, Any], task_type: str | None) -> Any:
+    """Wrap `model` with LoRA adapters from a recipe's `peft:` mapping."""
+    from peft import LoraConfig, get_peft_model
+
+    options = dict(options)
+    kind = str(options.pop("type", "lora")).lower()
+    if kind != "lora":
+        raise ConfigError(f"peft.type: only 'lora' is supported, got {kind!r}.")
+    names = {"r": "r", "alpha": "lora_alpha", "lora_alpha": "lora_alpha", "dropout": "lora_dropout",
+             "lora_dropout": "lora_dropout", "target_modules": "target_modules", "modules_to_save": "modules_to_save",
+             "bias": "bias"}  # fmt: skip
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise ConfigError(f"peft: unknown key(s) {unknown}; valid: type, {', '.join(sorted(set(names)))}.")
+    kwargs = {names[k]: v for k, v in options.items()}
+    kwargs.setdefault("r", 8)
+    kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
+    try:
+        return get_peft_model(model, LoraConfig(task_type=task_type, **kwargs))
+    except ValueError as err:
+        raise ConfigError(f"peft: {err}") from None

@@ -48,7 +48,7 @@ def train_wordpiece_tokenizer(directory: Path, *, model_max_length: int = 64):
     return tokenizer
 
 
-def build_text_classifier(directory: Path, labels=("negative", "positive"), seed: int = 0) -> Path:
+def build_text_classifier(directory: Path, labels=("negative", "positive"), seed: int = 0, dropout: float = 0.1) -> Path:
     """A 2-layer, 32-wide BERT sequence classifier with a WordPiece tokenizer."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -59,6 +59,7 @@ def build_text_classifier(directory: Path, labels=("negative", "positive"), seed
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
         max_position_embeddings=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(directory)
     return directory

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..data import label_id, label_set
+from ..errors import DataError, InvalidInputError
 from ..inputs import load_image
 from ..task import Task
 
@@ -97,3 +99,48 @@ class ImageClassificationTask(Task):
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         ranked = [{"label": config.id2label.get(i, f"LABEL_{i}"), "score": float(scores[i])} for i in order]
         return ranked if top_k is None else ranked[:top_k]
+
+    # ------------------------------------------------------------------------------------- fine-tuning
+
+    train_columns = ("image", "label")
+    main_metric = "accuracy"
+    greater_is_better = True
+    peft_task_type = None  # LoRA on vision models: name target_modules and modules_to_save in the recipe
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        super().prepare_training(train, eval, config)
+        labels = label_set(train, eval, config.labels)
+        if [self.model.config.id2label.get(i) for i in range(self.model.config.num_labels)] != labels:
+            from transformers import AutoModelForImageClassification
+
+            # A new head for this label set (the backbone keeps its weights; the old head's shape may differ).
+            self.model = self.from_pretrained(
+                AutoModelForImageClassification, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
+            )  # fmt: skip
+        self._label2id = {label: i for i, label in enumerate(labels)}
+
+    def encode_example(self, example: dict, where: str) -> dict:
+        try:
+            image = load_image(example["image"], where)
+        except InvalidInputError as err:
+            raise DataError(str(err)) from None
+        # Paths are decoded again in each batch rather than kept decoded: a folder of photos may not fit in memory.
+        value = example["image"] if isinstance(example["image"], (str, os.PathLike)) else image
+        return {"image": value, "labels": label_id(self._label2id, example["label"], where)}
+
+    def training_collate(self, features: list[dict]) -> dict:
+        import torch
+
+        images = [load_image(f["image"], "training image") for f in features]
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": torch.tensor([f["labels"] for f in features])}
+
+    def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return logits.argmax(-1).tolist(), batch["labels"].tolist()
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        from ..metrics import classification_metrics
+
+        return classification_metrics(predictions, references)

@@ -21,7 +21,8 @@ import logging
 from typing import Any
 
 from ..batching import pad_sequences
-from ..errors import InvalidInputError
+from ..data import label_id, label_set
+from ..errors import DataError, InvalidInputError
 from ..inputs import load_text
 from ..task import Task
 
@@ -122,3 +123,51 @@ class SentimentTask(Task):
         if top_k == 1:
             return ranked[0]
         return ranked if top_k is None else ranked[:top_k]
+
+    # ------------------------------------------------------------------------------------- fine-tuning
+
+    train_columns = ("text", "label")
+    main_metric = "accuracy"
+    greater_is_better = True
+    peft_task_type = "SEQ_CLS"
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        super().prepare_training(train, eval, config)
+        labels = label_set(train, eval, config.labels)
+        if [self.model.config.id2label.get(i) for i in range(self.model.config.num_labels)] != labels:
+            from transformers import AutoModelForSequenceClassification
+
+            # A new head for this label set (the encoder keeps its weights; the old head's shape may differ).
+            self.model = self.from_pretrained(
+                AutoModelForSequenceClassification, num_labels=len(labels),
+                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+                ignore_mismatched_sizes=True,
+            )  # fmt: skip
+        self.train_max_length = min(config.max_length or self.max_length, self.max_length)
+        self._label2id = {label: i for i, label in enumerate(labels)}
+
+    def encode_example(self, example: dict, where: str) -> dict:
+        try:
+            text = load_text(example["text"], where)
+        except InvalidInputError as err:
+            raise DataError(str(err)) from None
+        encoded = self.tokenizer(text, truncation=True, max_length=self.train_max_length)
+        return {**{key: encoded[key] for key in self._pad_values}, "labels": label_id(self._label2id, example["label"], where)}
+
+    def training_collate(self, features: list[dict]) -> dict:
+        import torch
+
+        multiple = 8 if self.train_config.mixed_precision != "no" else None  # tensor cores want multiples of 8
+        batch = pad_sequences(features, self._pad_values, pad_to_multiple_of=multiple)
+        batch["labels"] = torch.tensor([f["labels"] for f in features])
+        return batch
+
+    def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return logits.argmax(-1).tolist(), batch["labels"].tolist()
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        from ..metrics import classification_metrics
+
+        return classification_metrics(predictions, references)
+
