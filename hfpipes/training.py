@@ -28,6 +28,7 @@ accelerate launch --multi_gpu --num_processes 2 -m hfpipes finetune tasks/sentim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +47,7 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_recipe"]
 logger = logging.getLogger("hfpipes")
 
 CHECKPOINTS = "checkpoints"
+SAMPLES = "samples"
 LOG_FILE = "training_log.jsonl"
 STATE_FILE = "trainer_state.json"
 
@@ -385,6 +387,17 @@ class _Trainer:
             metrics.update(self.task.compute_metrics(predictions, references))
         return metrics
 
+    def save_samples(self) -> None:
+        if self.accelerator.is_main_process:
+            directory = self.output_dir / SAMPLES / f"step-{self.state.global_step:07d}"
+            directory.mkdir(parents=True, exist_ok=True)
+            self.task.save_eval_samples(self.accelerator.unwrap_model(self.model), directory)
+            if not any(directory.iterdir()):
+                directory.rmdir()
+                with contextlib.suppress(OSError):
+                    directory.parent.rmdir()
+        self.accelerator.wait_for_everyone()
+
     def _improved(self, metrics: dict[str, float]) -> bool:
         if self.main_metric not in metrics:
             raise ConfigError(f"metric_for_best: {self.main_metric!r} is not computed; available: {', '.join(metrics)}.")
@@ -481,6 +494,7 @@ class _Trainer:
                     metrics = self.evaluate()
                     last_eval_step = state.global_step
                     self.log(metrics)
+                    self.save_samples()
                     self._improved(metrics)
                     if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
                         state.stopped_early = True
@@ -618,7 +632,7 @@ def finetune(
     if accelerator.is_main_process:
         from .cards import finetuned_model_card
 
-        with atomic_directory(trainer.output_dir, keep=(CHECKPOINTS,)) as tmp:
+        with atomic_directory(trainer.output_dir, keep=(CHECKPOINTS, SAMPLES)) as tmp:
             with quiet_progress_bars():
                 task_obj.save_trained(accelerator.unwrap_model(trainer.model), tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
