@@ -222,6 +222,7 @@ _builtin(
     "image_classification.ImageClassificationTask",
     aliases=("image-classifier", "vision"),
     description="Name what an image shows (any image-classification model).",
+    default_model="embedded:efficientnet-lite0",
     recommended_model="google/vit-base-patch16-224",
 )
 _builtin(
@@ -229,6 +230,7 @@ _builtin(
     "translation.TranslationTask",
     aliases=("translate", "text2text-generation"),
     description="Translate text (seq2seq models like Marian/T5/NLLB, or a causal LM prompted to translate).",
+    default_model="embedded:gemma-3-270m",
     recommended_model="Helsinki-NLP/opus-mt-en-de",
 )
 _builtin(
@@ -236,6 +238,7 @@ _builtin(
     "speech_recognition.SpeechRecognitionTask",
     aliases=("automatic-speech-recognition", "asr", "speech-to-text", "transcription"),
     description="Transcribe speech (Whisper-style seq2seq or CTC models), long audio chunked.",
+    default_model="embedded:whisper-tiny.en",
     recommended_model="openai/whisper-small",
 )
 _builtin(
@@ -243,6 +246,7 @@ _builtin(
     "text_generation.TextGenerationTask",
     aliases=("chat", "causal-lm", "text-generator"),
     description="Continue a prompt or answer chat messages (any causal LM; GGUF too).",
+    default_model="embedded:smollm2-135m-instruct",
     recommended_model="HuggingFaceTB/SmolLM2-1.7B-Instruct",
 )
 _builtin(
