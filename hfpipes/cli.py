@@ -1,4 +1,4 @@
-"""The `hfpipes` command line: `hfpipes run | finetune | models | tasks` (and `python -m hfpipes`, the same thing).
+"""The `hfpipes` command line: `hfpipes run | finetune | models | tasks | demo` (and `python -m hfpipes`, the same thing).
 
 Results are JSON lines on stdout (or in `--output`); logs go to stderr. Project errors print one line,
 `error: ...`, and exit with status 2, never a traceback.
@@ -16,6 +16,8 @@ $ accelerate launch --multi_gpu --num_processes 2 -m hfpipes finetune tasks/sent
 $ accelerate launch --multi_gpu --num_processes 2 -m hfpipes run sentiment -i big.jsonl -o out.jsonl
 $ hfpipes models list
 $ hfpipes tasks
+$ hfpipes demo                                   # web UI at http://127.0.0.1:7860
+$ hfpipes demo --cli                             # terminal tour of the six tasks
 ```
 """
 
@@ -197,6 +199,16 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    models = demo.DemoModels(demo.parse_model_overrides(args.model))
+    if args.cli:
+        return demo.tour(models, output_dir=args.output_dir)
+    demo.launch(host=args.host, port=args.port, share=args.share, models=models)
+    return 0
+
+
 def _batch_size(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
@@ -234,12 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = commands.add_parser("tasks", help="list tasks, their aliases and default models")
     tasks.set_defaults(handler=_cmd_tasks)
+
+    demo = commands.add_parser("demo", help="the application-areas demo: web UI, or a terminal tour with --cli")
+    demo.add_argument("--cli", action="store_true", help="run every area once on the bundled examples; print a table")
+    demo.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 lets other machines in)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs a network)")
+    demo.add_argument("--model", action="append", default=[], metavar="TASK=PATH_OR_ID", help="swap a tab's model, repeatable")
+    demo.add_argument("--output-dir", help="--cli: where the generated image goes (default: a new temporary directory)")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting INPUTs at the first option; inputs after options (`run TASK -m M a.jpg`) come back
+    # here as extras.
+    if getattr(args, "command", None) == "run" and extra and not any(e.startswith("-") for e in extra):
+        args.inputs = [*args.inputs, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet or not _is_main_process() else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("hfpipes").setLevel(level)

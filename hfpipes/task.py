@@ -302,7 +302,7 @@ class Task:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         what = getattr(auto_class, "__name__", str(auto_class))
         lowered = str(err).lower()
-        if "trust_remote_code" in lowered:
+        if "trust_remote_code" in lowered or (not self.trust_remote_code and _has_remote_code(path)):
             return UnsafeModelError(
                 f"The model {path!r} needs custom code from its repository; pass trust_remote_code=True only if "
                 f"you trust it. ({message})"
@@ -618,6 +618,17 @@ class Task:
 def _is_dataset(value: Any) -> bool:
     # Checked by name so that a plain call never imports `datasets`.
     return type(value).__module__.startswith("datasets.") and hasattr(value, "column_names")
+
+
+def _has_remote_code(path: str) -> bool:
+    """Whether a local model directory's config points at code in the repository (`auto_map`)."""
+    import json
+
+    config = Path(path) / "config.json"
+    try:
+        return "auto_map" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _head_config(config: Any) -> dict[str, Any]:

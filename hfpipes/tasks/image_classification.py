@@ -47,10 +47,11 @@ class ImageClassificationTask(Task):
 
         # Our own architectures (EfficientNet-Lite for the offline default) must be known to the Auto classes.
         register_auto_classes()
+        # The model first: a model of another task is then reported as such, not as a missing processor file.
+        self.model = self.from_pretrained(AutoModelForImageClassification, **kwargs)
         # Without torchvision transformers picks the PIL backend anyway, after a warning on every load.
         backend = {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
         self.processor = self.from_pretrained(AutoImageProcessor, **backend, **kwargs)
-        self.model = self.from_pretrained(AutoModelForImageClassification, **kwargs)
 
     def _sanitize_parameters(self, top_k: int | None | str = "", function_to_apply: str | None = None):
         postprocess = {}

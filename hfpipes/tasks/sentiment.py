@@ -55,8 +55,9 @@ class SentimentTask(Task):
     def _load(self, location: Any, **kwargs: Any) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.tokenizer = self.from_pretrained(AutoTokenizer, **kwargs)
+        # The model first: a model of another task is then reported as such, not as a missing tokenizer.
         self.model = self.from_pretrained(AutoModelForSequenceClassification, **kwargs)
+        self.tokenizer = self.from_pretrained(AutoTokenizer, **kwargs)
         limits = (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
         self.max_length = min((limit for limit in limits if limit and limit < _NO_LIMIT), default=512)
         self._pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0}
