@@ -6,10 +6,15 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
-__all__ = ["atomic_directory", "atomic_file"]
+__all__ = ["atomic_directory", "atomic_file", "build_once"]
+
+
+def _tmp_prefix(destination: Path) -> str:
+    return f".tmp-{destination.name}-"
 
 
 @contextlib.contextmanager
@@ -40,7 +45,7 @@ def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = True, 
     if destination.exists() and not overwrite:
         raise FileExistsError(f"{destination} already exists")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{destination.name}-", dir=destination.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(destination), dir=destination.parent))
     try:
         yield tmp
         for name in keep:
@@ -81,3 +86,46 @@ def atomic_file(destination: str | os.PathLike, mode: str = "w", encoding: str |
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def build_once(
+    target: str | os.PathLike, build: Callable[[Path], None], *, is_complete: Callable[[Path], bool], force: bool = False
+) -> bool:
+    """Build the directory `target` once, across threads and processes: under a file lock, into a temporary
+    sibling renamed into place (`atomic_directory`). Used for the caches of converted models and corpora.
+
+    Args:
+        target (`str` or `os.PathLike`):
+            The directory to produce.
+        build (`Callable[[Path], None]`):
+            Writes the directory's content into the folder it is given.
+        is_complete (`Callable[[Path], bool]`):
+            Whether `target` already holds a complete build (checked before and after taking the lock).
+        force (`bool`, *optional*, defaults to `False`):
+            Build again even when complete; the old version is replaced in one rename.
+
+    Returns:
+        `bool`: whether this call built it (`False` when a complete build was already there).
+
+    Example:
+
+    ```python
+    >>> build_once(cache / "model", convert_into, is_complete=lambda d: (d / "config.json").is_file())
+    True
+    ```
+    """
+    from filelock import FileLock
+
+    target = Path(target).expanduser().absolute()
+    if not force and is_complete(target):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if not force and is_complete(target):  # another process built it while this one waited
+            return False
+        # Holding the lock, a temporary sibling can only be left over from a build that was killed.
+        for stale in target.parent.glob(_tmp_prefix(target) + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            build(tmp)
+    return True

@@ -65,7 +65,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -176,34 +175,21 @@ def _root(corpus: Corpus) -> Path:
 
 
 def _materialise(corpus: Corpus) -> Path:
-    from filelock import FileLock
+    from ._io import build_once
 
     root = _root(corpus)
-    if root.is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root.parent / f".{root.name}.lock")):
-        if root.is_dir():  # another process built it while we waited for the lock
-            return root
-        # Left by a killed build; safe to remove since we hold the lock.
-        for stale in root.parent.glob(f".{root.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        start = time.perf_counter()
-        try:
-            details = corpus.build(tmp)
-            manifest = {"name": corpus.name, "version": corpus.version, "description": corpus.description,
-                        "licence": corpus.licence, "source": corpus.source, **details}  # fmt: skip
-            (tmp / "manifest.json").write_text(
-                json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
-            os.replace(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    counts = ", ".join(f"{split} {n}" for split, n in details.get("counts", {}).items())
-    logger.info("Built corpus %s in %.1f s (%s) into %s", corpus.name, time.perf_counter() - start, counts, root)
+    details: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        details.update(corpus.build(tmp))
+        manifest = {"name": corpus.name, "version": corpus.version, "description": corpus.description,
+                    "licence": corpus.licence, "source": corpus.source, **details}  # fmt: skip
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    start = time.perf_counter()
+    if build_once(root, build, is_complete=lambda path: (path / "manifest.json").is_file()):
+        counts = ", ".join(f"{split} {n}" for split, n in details.get("counts", {}).items())
+        logger.info("Built corpus %s in %.1f s (%s) into %s", corpus.name, time.perf_counter() - start, counts, root)
     return root
 
 

@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -673,38 +672,21 @@ def _cache_path(slug: str, identity: dict) -> Path:
 
 def _cached_conversion(target: Path, convert: Callable[[Path], None], what: str, *, force: bool = False) -> Path:
     """Run `convert(tmp_dir)` once for `target`, atomically and under a lock shared by all processes."""
-    from filelock import FileLock
+    from ._io import build_once
 
-    if not force and (target / _MANIFEST).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f"{target.name}.lock")):
-        # Another process may have finished the same conversion while this one waited for the lock.
-        if not force and (target / _MANIFEST).is_file():
-            return target
-        # Holding the lock, any temporary sibling left behind can only come from a conversion that crashed.
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
-            logger.info("Converting %s into %s (once; later loads use this copy)", what, target)
-            start = time.perf_counter()
-            convert(tmp)
-            seconds = time.perf_counter() - start
-            # mkdtemp (and safetensors) make private files; a cache may be shared, and a model is not a secret.
-            for path in [tmp, *tmp.rglob("*")]:
-                path.chmod(0o755 if path.is_dir() else 0o644)
-            manifest = {"source": what, "seconds": round(seconds, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-            if target.exists():
-                # Only reached with force=True (or after a manual edit): move the old copy aside, then swap.
-                old = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
-                os.replace(target, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, target)
-            logger.info("Converted %s in %.1f s", what, seconds)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    def build(tmp: Path) -> None:
+        logger.info("Converting %s into %s (once; later loads use this copy)", what, target)
+        start = time.perf_counter()
+        convert(tmp)
+        seconds = time.perf_counter() - start
+        # mkdtemp (and safetensors) make private files; a cache may be shared, and a model is not a secret.
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        manifest = {"source": what, "seconds": round(seconds, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        logger.info("Converted %s in %.1f s", what, seconds)
+
+    build_once(target, build, is_complete=lambda path: (path / _MANIFEST).is_file(), force=force)
     return target
 
 

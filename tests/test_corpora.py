@@ -240,7 +240,7 @@ def test_a_failing_build_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def test_builds_once_across_threads_and_cleans_stale_temp_folders(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HFPIPES_CACHE", str(tmp_path))
-    stale = tmp_path / "corpora" / ".slow-1.tmp-999-deadbeef"
+    stale = tmp_path / "corpora" / ".tmp-slow-1-deadbeef"
     stale.mkdir(parents=True)
     calls = []
 

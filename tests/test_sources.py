@@ -227,7 +227,7 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, cache, conv
     env = {**os.environ, "PYTHONPATH": str(REPO), "HFPIPES_CACHE": str(cache)}
     assert subprocess.run([sys.executable, "-c", script], env=env).returncode == 9
     leftovers = [p for p in (cache / "converted").iterdir() if p.is_dir()]
-    assert leftovers and all(p.name.startswith(".") and p.name.endswith(".tmp") for p in leftovers)
+    assert leftovers and all(p.name.startswith(".tmp-") for p in leftovers)
 
     location = resolve_model(str(gguf))
 
