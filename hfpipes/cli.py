@@ -10,6 +10,8 @@ $ hfpipes run sentiment "I love it" "awful"
 {"label": "positive", "score": 0.98}
 {"label": "negative", "score": 0.97}
 $ hfpipes run image-classification cat.jpg --option top_k=1
+$ hfpipes run text-generation "Tell me a joke" --option stream=true
+$ hfpipes run image-generation "a handwritten seven" --option seed=0 --images-dir out/
 $ hfpipes run sentiment --input-file reviews.txt --output results.jsonl
 $ hfpipes finetune tasks/sentiment.yaml --set epochs=1
 $ accelerate launch --multi_gpu --num_processes 2 -m hfpipes finetune tasks/sentiment.yaml
@@ -100,6 +102,8 @@ def _write_results(results: Iterable[Any], output: str | None) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import hfpipes
 
+    from .registry import get_spec
+
     options = dict(_parse_option(o) for o in args.option)
     if args.inputs and args.input_file:
         raise InvalidInputError("Give inputs on the command line or with --input-file, not both.")
@@ -109,9 +113,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         inputs = list(args.inputs)
     else:
         raise InvalidInputError("No input: give INPUT arguments or --input-file FILE.")
+    task = get_spec(args.task).name
+    if task == "image-generation" and "save_to" not in options:
+        # JSON lines cannot hold images: write them as PNG files and report their paths.
+        options["save_to"] = args.images_dir
     state = _distributed_state()
     device = state.device if state is not None and args.device == "auto" else args.device
-    pipe = hfpipes.load(args.task, args.model, device=device, dtype=args.dtype, **_load_options(options))
+    pipe = hfpipes.load(task, args.model, device=device, dtype=args.dtype, **_load_options(options))
+    if options.get("stream"):
+        if not isinstance(inputs, list) or len(inputs) != 1 or args.output:
+            raise InvalidInputError("--option stream=true prints one answer as it is generated: give one INPUT and no --output.")
+        for piece in pipe(inputs[0], batch_size=args.batch_size, **options):
+            print(piece, end="", flush=True)
+        print()
+        return 0
     if state is None:
         _write_results(pipe(inputs, batch_size=args.batch_size, **options), args.output)
         return 0
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto")
     run.add_argument("--dtype", default="auto")
     run.add_argument("--batch-size", type=_batch_size, default="auto")
+    run.add_argument("--images-dir", default="hfpipes-images", help="image-generation: where PNG files go (default: %(default)s)")
     run.set_defaults(handler=_cmd_run)
 
     tune = commands.add_parser("finetune", help="fine-tune a model from a recipe (works under `accelerate launch`)")

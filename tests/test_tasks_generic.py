@@ -6,9 +6,13 @@ registered without one fails `test_every_task_has_a_case`, so no task can skip t
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 import hfpipes
+from hfpipes.cli import main as cli
 from hfpipes.errors import InvalidInputError
 from tests.fixtures.common import assert_results_equal
 
@@ -91,3 +95,37 @@ class TestEveryTask:
         second = hfpipes.run(task, case.inputs[:1], model=case.model, device="cpu", **case.options)
         assert [p for p in hfpipes._run_cache.values() if p.model_name == case.model] == cached
         assert_results_equal(first, second)
+
+    def test_the_cli_runs_the_task_on_a_local_model_directory(self, task_and_pipe, tmp_path):
+        task, case, pipe = task_and_pipe
+        source = tmp_path / "inputs.jsonl"
+        source.write_text("".join(json.dumps(_as_json_input(x, tmp_path / f"input-{i}")) + "\n" for i, x in enumerate(case.inputs)))
+        options = [f"--option={k}={json.dumps(v)}" for k, v in case.options.items()]
+        out = tmp_path / "results.jsonl"
+        code = cli(["-q", "run", task, "-m", case.model, "-i", str(source), "-o", str(out), "--images-dir", str(tmp_path / "images"), *options])
+        assert code == 0
+        results = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(results) == len(case.inputs)
+        expected = pipe(case.inputs, **case.options)
+        for got, want in zip(results, expected):
+            assert isinstance(got, type(want)) and (not isinstance(want, dict) or set(want) - {"image"} <= set(got))
+
+
+def _as_json_input(value, stem):
+    """A test input as the CLI takes it: JSON values as they are, arrays written to image or audio files."""
+    if isinstance(value, dict) and "array" in value:
+        import soundfile
+
+        soundfile.write(f"{stem}.wav", np.asarray(value["array"]), value["sampling_rate"])
+        return f"{stem}.wav"
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        import soundfile
+
+        soundfile.write(f"{stem}.wav", value, 16000)
+        return f"{stem}.wav"
+    if isinstance(value, np.ndarray):
+        from PIL import Image
+
+        Image.fromarray(value).save(f"{stem}.png")
+        return f"{stem}.png"
+    return value
