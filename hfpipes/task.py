@@ -543,6 +543,10 @@ class Task:
         """Called once with the validated records before encoding: build label sets, resize heads, ..."""
         self.train_config = config
 
+    def encode_records(self, records: list) -> list:
+        """Validated records -> training examples: one per record by default (a task may pack several into one)."""
+        return [self.encode_example(record.values, record.where) for record in records]
+
     def encode_example(self, example: dict, where: str) -> Any:
         """Validate and encode one training record (raise `DataError` naming `where`)."""
         raise ConfigError(f"The {self.task!r} task does not support fine-tuning.")
@@ -588,8 +592,7 @@ class Task:
             component.save_pretrained(directory)
         if hasattr(model, "peft_config"):
             # Without config.json the directory is a pure adapter; these are what the base needs to take it.
-            base_config = model.get_base_model().config
-            info = {"task": self.task, "base_model": self.model_name, "config_overrides": _head_config(base_config)}
+            info = {"task": self.task, "base_model": self.model_name, "config_overrides": _head_config(model.get_base_model())}
             (Path(directory) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -631,8 +634,11 @@ def _has_remote_code(path: str) -> bool:
         return False
 
 
-def _head_config(config: Any) -> dict[str, Any]:
+def _head_config(model: Any) -> dict[str, Any]:
     """The parts of a config that a fine-tune changes and a base model needs to take a trained head."""
+    if "Classification" not in type(model).__name__:
+        return {}  # every config has default labels; only a classifier's matter
+    config = model.config
     keys = ("num_labels", "id2label", "label2id", "problem_type")
     return {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
 

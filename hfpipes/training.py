@@ -607,8 +607,8 @@ def finetune(
     train_records = train_records[: cfg.max_train_samples] if cfg.max_train_samples else train_records
     eval_records = eval_records[: cfg.max_eval_samples] if cfg.max_eval_samples else eval_records
     task_obj.prepare_training(train_records, eval_records, cfg)
-    train_features = [task_obj.encode_example(r.values, r.where) for r in train_records]
-    eval_features = [task_obj.encode_example(r.values, r.where) for r in eval_records]
+    train_features = task_obj.encode_records(train_records)
+    eval_features = task_obj.encode_records(eval_records)
 
     trainer = _Trainer(task_obj, accelerator, cfg, train_features, eval_features)
     if accelerator.is_main_process:

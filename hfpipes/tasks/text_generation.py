@@ -8,6 +8,12 @@ telling `generate` where each prompt starts, so a batched greedy result equals t
 `stream=True` yields the text of one prompt piece by piece while it is generated. Models shipped as GGUF files
 load through the same path: `hfpipes.sources` turns a `.gguf` file into a cached safetensors directory first.
 
+Fine-tuning (`hfpipes.finetune("text-generation", ...)`) trains the causal LM on three kinds of records, mixed
+freely: plain text (`text`, e.g. a `.txt` file), packed into blocks of `max_length` tokens with every token
+learned; conversations (`messages`) and instructions (`prompt` + `completion`), rendered with the chat template
+(a base model reads `prompt` then `completion` and eos) with only the answers learned. The metric is the
+perplexity per learned token of the evaluation data; LoRA adapters (`peft`) reload through `hfpipes.load`.
+
 Example:
 
 ```python
@@ -22,12 +28,20 @@ Example:
 Once upon a time...
 >>> chat(["Name a color.", "Name a fruit."], stop=".", max_new_tokens=10)
 [{'generated_text': 'Blue'}, {'generated_text': 'An apple'}]
+>>> result = hfpipes.finetune("text-generation", "notes.txt", eval_split=0.1, peft={"r": 16}, output_dir="out")
+>>> result.metrics["perplexity"]
+12.4
+>>> chats = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}] * 20
+>>> _ = hfpipes.finetune("text-generation", chats, output_dir="out-chat", epochs=5)
+>>> hfpipes.run("text-generation", "Hi", model="out-chat")
+{'generated_text': 'Hello!'}
 ```
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import queue
@@ -36,7 +50,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..batching import pad_sequences
-from ..errors import InvalidInputError
+from ..errors import DataError, InvalidInputError
 from ..inputs import describe, load_text
 from ..task import Task
 
@@ -50,6 +64,14 @@ _NO_LIMIT = 100_000
 _STOP_CRITERIA_CACHE_SIZE = 8
 # What a byte-level tokenizer decodes an incomplete UTF-8 character to; the next token may complete it.
 _REPLACEMENT_CHAR = "\ufffd"
+# Fine-tuning: tokens per training example (packed block) unless `max_length` or the model's context says less.
+DEFAULT_TRAIN_LENGTH = 512
+# The label of a token that is read but not learned (prompts, padding): PyTorch's cross-entropy skips it.
+IGNORE_INDEX = -100
+# Chat roles a training conversation may use; only the assistant's messages are learned.
+TRAIN_ROLES = ("system", "user", "assistant", "tool")
+# The record key under which `prepare_training` hands a packed block of plain-text tokens to `encode_example`.
+_PACKED = "packed_input_ids"
 
 
 class TextGenerationTask(Task):
@@ -433,6 +455,178 @@ class TextGenerationTask(Task):
             cancelled.set()
             worker.join()
 
+    # ------------------------------------------------------------------------------------- fine-tuning
+
+    # A record is plain text (`text`), a conversation (`messages`) or an instruction (`prompt` + `completion`).
+    optional_train_columns = ("text", "messages", "prompt", "completion")
+    main_metric = "perplexity"
+    greater_is_better = False
+    peft_task_type = "CAUSAL_LM"
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        super().prepare_training(train, eval, config)
+        limit = config.max_length or DEFAULT_TRAIN_LENGTH
+        self.train_max_length = min(limit, self.max_length) if self.max_length else limit
+
+    def encode_records(self, records: list) -> list:
+        """Pack the plain-text records into blocks of `max_length` tokens, then encode every example.
+
+        Each text is tokenized and closed with the eos token, the texts are concatenated and cut into blocks (the
+        last one may be shorter): packing needs every text at once. Chat and instruction records stay as they
+        are; `encode_example` encodes each into one example.
+        """
+        return super().encode_records(self._pack_texts(records))
+
+    def _pack_texts(self, records: list) -> list:
+        from ..data import Record
+
+        texts, others = [], []
+        for record in records:
+            if _record_kind(record.values, record.where) == "text":
+                texts.append((_check_train_text(record.values, "text", record.where), record.where))
+            else:
+                others.append(record)
+        if not texts:
+            return others
+        stream: list[int] = []
+        starts: list[int] = []  # where each record's tokens begin in the stream, to name a block's records
+        for ids in self._document_ids([text for text, _ in texts]):
+            starts.append(len(stream))
+            stream.extend(ids)
+        size = self.train_max_length
+        blocks = []
+        for k, begin in enumerate(range(0, len(stream), size)):
+            end = min(begin + size, len(stream))
+            if end - begin < 2:  # a last token alone has nothing to be predicted from
+                break
+            first = _last_start_at_or_before(starts, begin)
+            last = _last_start_at_or_before(starts, end - 1)
+            names = texts[first][1] if first == last else f"{texts[first][1]} to {texts[last][1]}"
+            blocks.append(Record({_PACKED: stream[begin:end]}, f"packed block {k} ({names})"))
+        return [*blocks, *others]
+
+    def encode_example(self, example: dict, where: str) -> dict:
+        """One training example, at most `max_length` tokens: a packed block of plain text (every token
+        learned), or a conversation or instruction rendered with the chat template, where only the assistant's
+        answers are learned and the rest is labelled -100. A text record that was not packed is one example."""
+        if _PACKED in example:
+            ids = list(example[_PACKED])
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+        kind = _record_kind(example, where)
+        if kind == "text":  # a text record that `prepare_training` did not pack: one example on its own
+            ids = self._document_ids([_check_train_text(example, "text", where)])[0][: self.train_max_length]
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+        if kind == "messages":
+            segments = self._chat_segments(_check_train_messages(example["messages"], where), where)
+        else:
+            prompt, completion = (_check_train_text(example, name, where) for name in ("prompt", "completion"))
+            if self.has_chat_template:
+                messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+                segments = self._chat_segments(messages, where)
+            else:
+                segments = [(prompt, False), (completion, True)]
+        ids: list[int] = []
+        labels: list[int] = []
+        # Each piece is tokenized on its own, as at generation time, where the prompt is tokenized alone and the
+        # answer's tokens are the model's. Rendered templates carry their own special tokens; a plain prompt
+        # gets the tokenizer's usual ones and its answer the eos token, so the model learns to stop.
+        for index, (text, learned) in enumerate(segments):
+            special = index == 0 and not self.has_chat_template
+            piece = self.tokenizer(text, add_special_tokens=special)["input_ids"] if text else []
+            if learned and not self.has_chat_template and self.tokenizer.eos_token_id is not None:
+                piece = [*piece, self.tokenizer.eos_token_id]
+            ids.extend(piece)
+            labels.extend(piece if learned else [IGNORE_INDEX] * len(piece))
+        ids, labels = ids[: self.train_max_length], labels[: self.train_max_length]
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise DataError(
+                f"{where}: nothing left to learn: the prompt alone takes {self.train_max_length} tokens or more "
+                f"(max_length={self.train_max_length}), so the answer is cut off. Raise max_length or shorten the "
+                "prompt."
+            )
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    def _document_ids(self, texts: list[str]) -> list[list[int]]:
+        """Plain texts tokenized with the tokenizer's usual special tokens, each closed by the eos token, which
+        marks where a document ends so that the model learns to end one."""
+        eos = self.tokenizer.eos_token_id
+        encoded = self.tokenizer(texts)["input_ids"]
+        return [ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids for ids in encoded]
+
+    def _chat_segments(self, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+        """The rendered conversation cut into `(text, learned)` pieces: each assistant answer (up to its end
+        token) is learned, the rest (system prompt, user turns, role headers) is read only.
+
+        An answer is what rendering the conversation up to it adds to the prompt that asks for it
+        (`add_generation_prompt=True`), so the pieces fit any template that renders a conversation turn by turn.
+        """
+        full = self._render_for_training(messages, where, add_generation_prompt=False)
+        segments: list[tuple[str, bool]] = []
+        done = 0
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render_for_training(messages[:k], where, add_generation_prompt=True)
+            upto = self._render_for_training(messages[: k + 1], where, add_generation_prompt=False)
+            # The newline a template puts after the end token belongs to the next turn, not to the answer.
+            end = len(upto.rstrip())
+            if not (full.startswith(upto) and upto.startswith(prompt) and done <= len(prompt) < end):
+                raise DataError(
+                    f"{where}: the chat template of {self.model_name!r} does not render this conversation turn by "
+                    f"turn (rendering it up to message {k} is not a prefix of the whole), so assistant message {k} "
+                    "cannot be told apart from its prompt."
+                )
+            segments += [(full[done : len(prompt)], False), (full[len(prompt) : end], True)]
+            done = end
+        segments.append((full[done:], False))
+        return [(text, learned) for text, learned in segments if text]
+
+    def _render_for_training(self, messages: list[dict], where: str, add_generation_prompt: bool) -> str:
+        if not self.has_chat_template:
+            raise DataError(
+                f"{where}: 'messages' need a chat template, but the tokenizer of {self.model_name!r} has none (a base "
+                "model?). Give 'prompt' and 'completion' columns, or plain 'text', instead."
+            )
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except (TemplateError, ValueError, TypeError, KeyError) as err:
+            raise DataError(f"{where}: the model's chat template refused these messages: {err}") from None
+
+    def training_collate(self, features: list[dict]) -> dict:
+        multiple = 8 if self.train_config.mixed_precision != "no" else None  # tensor cores want multiples of 8
+        pad_values = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        return pad_sequences(features, pad_values, pad_to_multiple_of=multiple)
+
+    def training_loss(self, model: Any, batch: dict) -> Any:
+        # No key/value cache: nothing is generated, and keeping one would only cost memory.
+        return model(**batch, use_cache=False).loss
+
+    def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
+        """Per example: the summed negative log-likelihood of its learned tokens, and how many there are, so
+        that `compute_metrics` weighs every token alike, whatever the batching and number of processes."""
+        import torch
+
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        sums, counts = [], []
+        # One row at a time keeps the float32 log-probabilities to one sequence (vocabularies reach 250k).
+        for row_logits, row_labels in zip(logits, batch["labels"], strict=True):
+            targets = row_labels[1:]
+            learned = targets != IGNORE_INDEX
+            nll = torch.nn.functional.cross_entropy(row_logits[:-1][learned].float(), targets[learned], reduction="sum")
+            sums.append(float(nll))
+            counts.append(int(learned.sum()))
+        return sums, counts
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        tokens = sum(references)
+        loss = sum(predictions) / max(tokens, 1)
+        # Perplexity per token: how many choices the model is, on average, as unsure between as a fair die.
+        return {"perplexity": math.exp(min(loss, 700.0)), "eval_token_loss": loss, "eval_tokens": float(tokens)}
+
 
 # --------------------------------------------------------------------------------------------------- helpers
 
@@ -539,6 +733,82 @@ def _check_messages(messages: list | tuple, where: str) -> list[dict]:
                 f"{describe(message['content'])}."
             )
     return [dict(message) for message in messages]
+
+
+def _record_kind(values: dict, where: str) -> str:
+    """Which kind of training record this is: `"text"`, `"messages"` or `"prompt"` (with a completion)."""
+    present = {
+        name
+        for name, value in values.items()
+        if value is not None and not (isinstance(value, str) and not value.strip())
+    }
+    kinds = [
+        kind
+        for kind, needs in (("text", {"text"}), ("messages", {"messages"}), ("prompt", {"prompt", "completion"}))
+        if needs <= present
+    ]
+    if len(kinds) == 1:
+        return kinds[0]
+    if kinds:
+        raise DataError(
+            f"{where}: the record has {' and '.join(repr(k) for k in kinds)}; give one of them per record (plain "
+            "text, a conversation, or a prompt with its completion)."
+        )
+    if present & {"prompt", "completion"}:
+        missing = ({"prompt", "completion"} - present).pop()
+        raise DataError(
+            f"{where}: the record has no {missing!r} (or an empty one); 'prompt' and 'completion' go together."
+        )
+    raise DataError(
+        f"{where}: expected a 'text' column (plain text), a 'messages' column (a conversation) or 'prompt' and "
+        "'completion' columns, found none with a value. Map yours with columns={'text': 'your_column'}."
+    )
+
+
+def _check_train_text(example: dict, name: str, where: str) -> str:
+    try:
+        return load_text(example[name], f"{where}: {name!r}")
+    except InvalidInputError as err:
+        raise DataError(str(err)) from None
+
+
+def _check_train_messages(messages: Any, where: str) -> list[dict]:
+    """A training conversation: a list (or its JSON text, as a CSV cell holds it) of messages with a known role
+    and text content, at least one of them an assistant answer."""
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{where}: 'messages' is a string but not JSON ({err.msg}); expected a list of messages."
+            ) from None
+    if not isinstance(messages, (list, tuple)):
+        raise DataError(
+            f"{where}: 'messages' must be a list of {{'role': ..., 'content': ...}} dicts, got {describe(messages)}."
+        )
+    try:
+        messages = _check_messages(messages, f"{where}: 'messages'")
+    except InvalidInputError as err:
+        raise DataError(str(err)) from None
+    for j, message in enumerate(messages):
+        if message["role"] not in TRAIN_ROLES:
+            raise DataError(
+                f"{where}: 'messages': message {j} has role {message['role']!r}; expected one of {', '.join(TRAIN_ROLES)}."
+            )
+        if not isinstance(message["content"], str):
+            raise DataError(
+                f"{where}: 'messages': message {j}: 'content' must be a string for fine-tuning, got {describe(message['content'])}."
+            )
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise DataError(f"{where}: 'messages' has no assistant message with content: there is no answer to learn.")
+    return messages
+
+
+def _last_start_at_or_before(starts: list[int], position: int) -> int:
+    """The index of the record whose tokens hold `position` of the packed stream."""
+    import bisect
+
+    return bisect.bisect_right(starts, position) - 1
 
 
 def _find_stop(text: str, stops: list[str]) -> int:
