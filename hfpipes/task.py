@@ -295,8 +295,18 @@ class Task:
         overrides = dict(info.get("config_overrides", {}))
         if "id2label" in overrides:  # JSON made the ids strings
             overrides["id2label"] = {int(k): v for k, v in overrides["id2label"].items()}
-        model = auto_class.from_pretrained(base.path, **{**base.load_kwargs, **options, **overrides})
-        return PeftModel.from_pretrained(model, directory).merge_and_unload()
+        from transformers.utils import logging as hf_logging
+
+        # The base has no trained head yet (the adapter brings it): transformers' "newly initialized" report
+        # would only alarm the user.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = auto_class.from_pretrained(base.path, **{**base.load_kwargs, **options, **overrides})
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        with _quiet_peft():
+            return PeftModel.from_pretrained(model, directory).merge_and_unload()
 
     def _loading_error(self, err: Exception, path: str, auto_class: Any) -> Exception:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -634,6 +644,16 @@ def _has_remote_code(path: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft calls a transformers method that transformers 5 deprecates; the warning is not the user's to act on."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _head_config(model: Any) -> dict[str, Any]:
     """The parts of a config that a fine-tune changes and a base model needs to take a trained head."""
     if "Classification" not in type(model).__name__:
@@ -661,6 +681,7 @@ def _apply_peft(model: Any, options: dict[str, Any], task_type: str | None) -> A
     kwargs.setdefault("r", 8)
     kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
     try:
-        return get_peft_model(model, LoraConfig(task_type=task_type, **kwargs))
+        with _quiet_peft():
+            return get_peft_model(model, LoraConfig(task_type=task_type, **kwargs))
     except ValueError as err:
         raise ConfigError(f"peft: {err}") from None
