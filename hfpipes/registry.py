@@ -254,5 +254,6 @@ _builtin(
     "image_generation.ImageGenerationTask",
     aliases=("text-to-image", "unconditional-image-generation", "diffusion"),
     description="Generate images with diffusion (text-to-image, class-conditional or unconditional pipelines).",
+    default_model="package:hfpipes/assets/ddpm-digits",
     recommended_model="stabilityai/sd-turbo",
 )

@@ -34,6 +34,26 @@ name) for class-conditional models; with `num_images > 1` one prompt gives a lis
 models give grayscale (`"L"`) images, three-channel ones RGB, with diffusers' own conversion
 (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`).
 
+Fine-tuning (`hfpipes.finetune("image-generation", ...)`, recipes `tasks/image-generation*.yaml`):
+
+- **a new pixel UNet** from `model_config` (`UNet2DModel` arguments; `num_class_embeds: auto` = one class per label
+  in the data, absent = unconditional) with a DDPM noise schedule from `task_options` (`num_train_timesteps`,
+  `beta_schedule`, `beta_start`, `beta_end`, `prediction_type`, `clip_sample`); saved as a `DDIMPipeline` (sampled in 50 DDIM steps
+  by default; `inference_scheduler: ddpm` saves a `DDPMPipeline`) plus `class_labels.json`;
+- **a pipeline continued** (`model=`): a pixel UNet2DModel pipeline keeps its scheduler and classes (the data's
+  labels must name them); a Stable Diffusion-style pipeline trains its UNet, all of it or, with `peft:`, LoRA
+  adapters on its attention, with the VAE and text encoder frozen. A LoRA is saved in diffusers' format
+  (`pytorch_lora_weights.safetensors`) with `hfpipes_adapter.json` naming the base pipeline; loading the folder
+  loads the base and merges the LoRA into it.
+
+Data: `image` (an image folder gives `image` and `label`), plus `label` (class-conditional) or `text`
+(text-to-image). Images are converted to the model's channels, scaled (bicubic) and centre-cropped to its size and
+mapped to [-1, 1]. The loss is DDPM's: the MSE of the predicted noise at a random timestep with random noise from
+torch's global generator (so a resumed run draws the same). Evaluation uses the same loss with noise and a
+timestep drawn from a generator seeded by each example's position, so every evaluation sees the same noisy inputs
+(`eval_loss`, lower is better). After each evaluation `samples/step-N/samples.png` shows one image per class, 8
+unconditional images, or the first evaluation prompts.
+
 Example:
 
 ```python
@@ -44,6 +64,13 @@ Example:
 >>> digits = hfpipes.load("image-generation", model="path/to/digits-ddpm")
 >>> [r["seed"] for r in digits("a handwritten seven", num_images=3, seed=0, save_to="out/")]
 [0, 1, 2]
+>>> result = hfpipes.finetune(
+...     "image-generation", "corpus:sklearn-digits/train", eval="corpus:sklearn-digits/test", output_dir="out/digits",
+...     model_config={"sample_size": 16, "in_channels": 1, "out_channels": 1, "num_class_embeds": "auto"},
+...     task_options={"beta_schedule": "squaredcos_cap_v2"}, max_steps=2000, batch_size=32, learning_rate=1e-3,
+... )
+>>> hfpipes.run("image-generation", "digit 3", model="out/digits", seed=0)["label"]
+'3'
 ```
 """
 
@@ -62,9 +89,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, ModelLoadError
-from ..inputs import describe, load_text
-from ..task import Chunks, Task
+from ..data import label_set
+from ..errors import ConfigError, DataError, InvalidInputError, ModelLoadError
+from ..inputs import describe, load_image, load_text
+from ..task import ADAPTER_INFO, Chunks, Task
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -281,11 +309,22 @@ class ImageGenerationTask(Task):
     max_batch_size = 16
     window_size = 64
 
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        # A LoRA fine-tune (see `save_trained`) is a folder of adapter weights only: load its base pipeline instead,
+        # and let `_load` apply the adapter.
+        info = _lora_info(model)
+        self._lora_dir = Path(model) if info is not None else None
+        super().__init__(info["base_model"] if info is not None else model, **kwargs)
+        if info is not None:
+            self.model_name = os.fspath(model)
+
     def _load(self, location: Any, **kwargs: Any) -> None:
-        from diffusers import AutoPipelineForText2Image, DiffusionPipeline, UNet2DModel
+        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
         with _no_diffusers_progress_bars():
             pipeline = self.from_pretrained(DiffusionPipeline, **kwargs)
+        if self._lora_dir is not None:
+            self._apply_lora(pipeline, self._lora_dir)
         parameters = inspect.signature(pipeline.__call__).parameters
         if "prompt" in parameters and ("image" in parameters or "mask_image" in parameters):
             try:
@@ -295,7 +334,38 @@ class ImageGenerationTask(Task):
                     f"{self.model_name!r} is a {type(pipeline).__name__}, which needs an input image and has no "
                     f"text-to-image counterpart ({err})."
                 ) from None
-            parameters = inspect.signature(pipeline.__call__).parameters
+        self._setup(pipeline)
+        if self.kind == CLASS_CONDITIONAL:
+            self.class_labels = self._read_class_labels(location, pipeline.unet.config.num_class_embeds)
+
+    def _apply_lora(self, pipeline: Any, directory: Path) -> None:
+        """Apply a LoRA saved by `save_trained` and merge it into the UNet (no per-step LoRA overhead)."""
+        if not hasattr(pipeline, "load_lora_weights"):
+            raise ModelLoadError(
+                f"{str(directory)!r} is a LoRA for {self.model_name!r}, a {type(pipeline).__name__}, which takes no LoRA."
+            )
+        from diffusers.utils import logging as diffusers_logging
+
+        verbosity = diffusers_logging.get_verbosity()
+        # diffusers warns that the adapter has no text-encoder part; hfpipes' LoRAs are UNet-only by design.
+        diffusers_logging.set_verbosity_error()
+        try:
+            pipeline.load_lora_weights(str(directory), weight_name=LORA_WEIGHTS)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(
+                f"Could not apply the LoRA in {str(directory)!r} to {self.model_name!r}: {err}"
+            ) from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        pipeline.fuse_lora()
+        pipeline.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+        logger.info("hfpipes %s: applied the LoRA %s to %s", self.task, directory, self.model_name)
+
+    def _setup(self, pipeline: Any) -> None:
+        """Sort a loaded (or newly built) pipeline into its kind and read its sizes and default step count."""
+        from diffusers import UNet2DModel
+
+        parameters = inspect.signature(pipeline.__call__).parameters
         self.model = pipeline
         self.model.set_progress_bar_config(disable=True)
         self._call_parameters = parameters
@@ -319,7 +389,6 @@ class ImageGenerationTask(Task):
             self.kind = TEXT_TO_IMAGE
         elif self._pixel_unet and unet.config.num_class_embeds:
             self.kind = CLASS_CONDITIONAL
-            self.class_labels = self._read_class_labels(location, unet.config.num_class_embeds)
         elif "batch_size" in parameters and "generator" in parameters:
             self.kind = UNCONDITIONAL
         else:
@@ -632,10 +701,11 @@ class ImageGenerationTask(Task):
 
         unet, scheduler = self.model.unet, self.model.scheduler
         shape = (len(generators), unet.config.in_channels, *size)
-        sample = randn_tensor(shape, generator=generators, device=self.device, dtype=unet.dtype)
+        # The UNet's device, not self.device: during fine-tuning the loop may have moved it (sample grids).
+        sample = randn_tensor(shape, generator=generators, device=unet.device, dtype=unet.dtype)
         scheduler.set_timesteps(steps)
         sample = sample * scheduler.init_noise_sigma
-        class_labels = None if labels[0] is None else torch.tensor(labels, device=self.device)
+        class_labels = None if labels[0] is None else torch.tensor(labels, device=unet.device)
         step_options = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for t in self.model.progress_bar(scheduler.timesteps):
             output = unet(scheduler.scale_model_input(sample, t), t, class_labels=class_labels).sample
@@ -655,3 +725,507 @@ class ImageGenerationTask(Task):
                 result["path"] = _save_png(image, save_to, output["input"], output["seed"])
             results.append(result)
         return results[0] if len(results) == 1 else results
+
+    # ------------------------------------------------------------------------------------- fine-tuning
+
+    train_columns = ("image",)
+    optional_train_columns = ("label", "text")
+    main_metric = "eval_loss"
+    greater_is_better = False
+
+    @classmethod
+    def for_finetuning(cls, model: str | None, config: Any) -> ImageGenerationTask:
+        """Load the pipeline to continue (`model=`), or prepare a new `UNet2DModel` (`model_config`), built by
+        `prepare_training` once the data's labels are known."""
+        import threading
+
+        import torch
+
+        options = _training_options(config.task_options)
+        if config.model_config is None:
+            task = cls(model, device="cpu", dtype="float32", allow_pickle=config.allow_pickle)
+            task._check_trainable(options, config)
+        else:
+            if model is not None:
+                raise ConfigError(
+                    f"model: {model!r} and model_config were both given; pass model= to continue training a pipeline, "
+                    "or model_config to train a new UNet2DModel from scratch."
+                )
+            unet_config = _unet_config(config.model_config)
+            if config.peft:
+                raise ConfigError(
+                    "peft: LoRA needs a pretrained text-to-image pipeline (model=); a new UNet trains all its weights."
+                )
+            # What `Task.__init__` sets for a loaded model; a new UNet has no source to resolve.
+            task = cls.__new__(cls)
+            task.batch_size, task.progress = None, None
+            task.device, task.dtype = torch.device("cpu"), torch.float32
+            task.allow_pickle, task.trust_remote_code = config.allow_pickle, False
+            task.model_name, task.location, task._lora_dir = NEW_UNET, None, None
+            task._lock = threading.RLock()
+            task._unet_config = unet_config
+        task.training_options = options
+        return task
+
+    def _check_trainable(self, options: dict[str, Any], config: Any) -> None:
+        schedule = [key for key in _SCHEDULE_OPTIONS if key in options]
+        if schedule:
+            raise ConfigError(
+                f"task_options: {', '.join(schedule)} set the noise schedule of a new UNet (model_config); "
+                f"{self.model_name!r} keeps its scheduler's."
+            )
+        if self.kind == TEXT_TO_IMAGE:
+            parts = {name: getattr(self.model, name, None) for name in ("unet", "vae", "text_encoder", "tokenizer")}
+            if None in parts.values() or getattr(self.model, "text_encoder_2", None) is not None:
+                raise ConfigError(
+                    f"{self.model_name!r} is a {type(self.model).__name__}; fine-tuning supports Stable Diffusion-style "
+                    "text-to-image pipelines (a UNet, a VAE, one text encoder and its tokenizer) and pixel UNet2DModel "
+                    "pipelines."
+                )
+            if "inference_scheduler" in options:
+                raise ConfigError(
+                    "task_options: inference_scheduler is for pixel UNet2DModel pipelines; a text-to-image pipeline keeps its scheduler."
+                )
+            if config.peft and self._lora_dir is not None:
+                raise ConfigError(
+                    f"peft: {self.model_name!r} is itself a LoRA; train a new LoRA on its base model "
+                    f"({self.location.path!r}), or drop peft to fine-tune the merged UNet."
+                )
+        elif not self._pixel_unet:
+            raise ConfigError(
+                f"{self.model_name!r} is a {type(self.model).__name__}, which cannot be fine-tuned: expected a "
+                "UNet2DModel pipeline (DDPM/DDIM) or a Stable Diffusion-style text-to-image pipeline."
+            )
+        elif config.peft:
+            raise ConfigError("peft: LoRA is for text-to-image pipelines; a pixel UNet2DModel trains all its weights.")
+        if config.labels is not None:
+            raise ConfigError(
+                f"labels: only for a new class-conditional UNet (model_config); {self.model_name!r} is {self.kind}"
+                + (
+                    f" with its own classes ({self.class_labels.summary()}), which the data's labels must name."
+                    if self.class_labels
+                    else "."
+                )
+            )
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        from diffusers import DDPMScheduler
+
+        super().prepare_training(train, eval, config)
+        options = self.training_options
+        class_conditional = (
+            self.kind == CLASS_CONDITIONAL if self.location is not None
+            else self._unet_config.get("num_class_embeds") not in (None, 0)
+        )  # fmt: skip
+        if class_conditional:
+            for record in (*train, *eval):
+                if record.values.get("label") is None:
+                    raise DataError(
+                        f"{record.where}: no label; a class-conditional model needs a 'label' column (the class of "
+                        "each image), e.g. an image folder with one sub-folder per class."
+                    )
+        if self.location is None:
+            labels = label_set(train, eval, config.labels) if class_conditional else []
+            try:
+                class_labels = ClassLabels(labels) if labels else None
+            except ValueError as err:
+                raise DataError(f"labels: {err}; rename one of the classes.") from None
+            self._setup(self._new_pipeline(labels, options))
+            self.class_labels = class_labels
+        elif self._pixel_unet and "inference_scheduler" in options:
+            labels = self.class_labels
+            self._setup(_pixel_pipeline(self.model.unet, self.model.scheduler.config, options["inference_scheduler"]))
+            self.class_labels = labels
+        if self.kind == TEXT_TO_IMAGE:
+            for record in (*train, *eval):
+                if record.values.get("text") is None:
+                    raise DataError(f"{record.where}: no text; a text-to-image model trains on (image, text) pairs.")
+            self._sample_prompts = list(dict.fromkeys(str(r.values["text"]) for r in (eval or train)))[:SAMPLE_PROMPTS]
+            self._image_mode = "RGB"
+        else:
+            channels = self.model.unet.config.in_channels
+            if channels not in _IMAGE_MODES:
+                raise ConfigError(
+                    f"The UNet has {channels} input channels; training images are 1 (grayscale) or 3 (RGB)."
+                )
+            self._image_mode = _IMAGE_MODES[channels]
+        # The training noise: DDPM's forward process with the model's own schedule (any scheduler's config has it).
+        self.noise_scheduler = DDPMScheduler.from_config(self.model.scheduler.config)
+        # Evaluation draws each example's noise and timestep from a generator seeded by its position, so that every
+        # evaluation (any batch size, any number of processes) sees the same noisy inputs.
+        self._eval_seeds = {record.where: i for i, record in enumerate(eval)}
+
+    def _new_pipeline(self, labels: list[str], options: dict[str, Any]) -> Any:
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        unet_config = dict(self._unet_config)
+        if unet_config.get("num_class_embeds") == "auto":
+            unet_config["num_class_embeds"] = len(labels)
+        elif labels and unet_config["num_class_embeds"] != len(labels):
+            raise ConfigError(
+                f"model_config.num_class_embeds: {unet_config['num_class_embeds']} classes, but the data has "
+                f"{len(labels)} labels ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}); use 'auto'."
+            )
+        try:
+            unet = UNet2DModel(**unet_config)
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+            raise ConfigError(f"model_config: UNet2DModel refused it: {err}") from None
+        schedule = DDPMScheduler(**{key: options[key] for key in _SCHEDULE_OPTIONS if key in options})
+        logger.info(
+            "hfpipes %s: new UNet2DModel, %.2fM parameters, %s, %s", self.task,
+            sum(p.numel() for p in unet.parameters()) / 1e6, "x".join(map(str, _pair(unet.config.sample_size))),
+            f"{len(labels)} classes" if labels else "unconditional",
+        )  # fmt: skip
+        return _pixel_pipeline(unet, schedule.config, options.get("inference_scheduler", "ddim"))
+
+    def encode_example(self, example: dict, where: str) -> dict:
+        try:
+            image = load_image(example["image"], where)
+        except InvalidInputError as err:
+            raise DataError(str(err)) from None
+        # Paths are decoded again in each batch rather than kept decoded: a folder of photos may not fit in memory.
+        value = example["image"] if isinstance(example["image"], (str, os.PathLike)) else image
+        feature: dict[str, Any] = {"image": value, "seed": self._eval_seeds.get(where, 0)}
+        if self.kind == CLASS_CONDITIONAL:
+            feature["class_label"] = self._training_class(example["label"], where)
+        elif self.kind == TEXT_TO_IMAGE:
+            try:
+                text = load_text(example["text"], where)
+            except InvalidInputError as err:
+                raise DataError(str(err)) from None
+            tokenizer = self.model.tokenizer
+            feature["input_ids"] = tokenizer(
+                text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
+            ).input_ids
+        return feature
+
+    def _training_class(self, label: Any, where: str) -> int:
+        class_id = self.class_labels.lookup(str(label).strip())
+        if class_id is None:
+            raise DataError(
+                f"{where}: label {str(label).strip()!r} is none of the model's classes ({self.class_labels.summary()})."
+            )
+        return class_id
+
+    def training_collate(self, features: list[dict]) -> dict:
+        import numpy as np
+        import torch
+
+        pixels = [
+            _pixels(load_image(f["image"], "training image"), self._image_mode, self.default_size) for f in features
+        ]
+        batch = {
+            "pixel_values": torch.from_numpy(np.stack(pixels)),
+            "seed": torch.tensor([f["seed"] for f in features]),
+        }
+        if self.kind == CLASS_CONDITIONAL:
+            batch["class_labels"] = torch.tensor([f["class_label"] for f in features])
+        elif self.kind == TEXT_TO_IMAGE:
+            batch["input_ids"] = torch.tensor([f["input_ids"] for f in features])
+        return batch
+
+    def training_loss(self, model: Any, batch: dict) -> torch.Tensor:
+        """DDPM's loss: the MSE between the model's prediction (noise, velocity or clean sample, as its
+        scheduler's `prediction_type` says) and the truth, at a random timestep with random noise."""
+        import torch
+        import torch.nn.functional as F
+
+        pixels = batch["pixel_values"]
+        conditioning = {}
+        if self.kind == TEXT_TO_IMAGE:
+            vae, text_encoder = self.model.vae, self.model.text_encoder
+            if vae.device != pixels.device:  # Accelerate moved the UNet only
+                vae.to(pixels.device)
+                text_encoder.to(pixels.device)
+            with torch.no_grad():
+                posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
+                # The posterior's mean at evaluation: deterministic, like the rest of the evaluation noise.
+                latents = (posterior.sample() if model.training else posterior.mode()) * vae.config.scaling_factor
+                conditioning["encoder_hidden_states"] = text_encoder(batch["input_ids"])[0]
+        else:
+            latents = pixels
+            if "class_labels" in batch:
+                conditioning["class_labels"] = batch["class_labels"]
+        noise, timesteps = self._noise(latents, batch["seed"], fixed=not model.training)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = latents if prediction_type == "sample" else noise
+        prediction = model(noisy, timesteps, **conditioning).sample
+        return F.mse_loss(prediction.float(), target.float())
+
+    def _noise(self, latents: torch.Tensor, seeds: torch.Tensor, fixed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        steps = self.noise_scheduler.config.num_train_timesteps
+        if not fixed:
+            # torch's global generator: Accelerate checkpoints its state, so a resumed run draws the same noise.
+            return torch.randn_like(latents), torch.randint(0, steps, (len(latents),), device=latents.device)
+        noise, timesteps = [], []
+        for seed in seeds.tolist():
+            generator = torch.Generator().manual_seed(seed)
+            timesteps.append(torch.randint(0, steps, (1,), generator=generator))
+            noise.append(torch.randn(latents.shape[1:], generator=generator))
+        return torch.stack(noise).to(latents), torch.cat(timesteps).to(latents.device)
+
+    def trainable_model(self, config: Any) -> Any:
+        """The UNet: all its weights, or LoRA adapters on its attention (text-to-image with `peft:`); the VAE and
+        the text encoder stay frozen."""
+        unet = self.model.unet
+        if self.kind == TEXT_TO_IMAGE:
+            for frozen in (self.model.vae, self.model.text_encoder):
+                frozen.requires_grad_(False)
+                frozen.eval()
+            if config.peft:
+                unet.requires_grad_(False)
+                try:
+                    unet.add_adapter(_lora_config(config.peft))
+                except ValueError as err:
+                    raise ConfigError(f"peft: {err}") from None
+                unet.train()
+                return unet
+        unet.requires_grad_(True)  # a merged LoRA (see `_apply_lora`) leaves the UNet frozen
+        unet.train()
+        return unet
+
+    def save_eval_samples(self, model: Any, directory: Path) -> None:
+        """`samples.png`: one image per class (class-conditional), 8 (unconditional) or one per evaluation prompt
+        (text-to-image, up to 4), from the same seeds at every evaluation so that grids compare."""
+        import torch
+
+        steps = self.training_options.get("sample_steps", self._default_steps)
+        self.model.unet = model
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if self.kind == TEXT_TO_IMAGE:
+                    generators = [torch.Generator().manual_seed(i) for i in range(len(self._sample_prompts))]
+                    images = self.model(
+                        prompt=self._sample_prompts, generator=generators, num_inference_steps=steps, output_type="np"
+                    ).images
+                else:
+                    labels = (
+                        list(range(min(len(self.class_labels.names), SAMPLE_CLASSES)))
+                        if self.class_labels
+                        else [None] * 8
+                    )
+                    generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+                    images = self._denoise(generators, labels, steps, self.default_size)
+        finally:
+            model.train(training)
+        _grid(_to_numpy(images), columns=min(len(images), 10)).save(Path(directory) / "samples.png")
+
+    def save_trained(self, model: Any, directory: Any) -> None:
+        """A diffusers pipeline folder (plus `class_labels.json`), or for a LoRA the adapter in diffusers' LoRA
+        format and `hfpipes_adapter.json` naming the base pipeline."""
+        import json
+
+        directory = Path(directory)
+        self.model.unet = model
+        if getattr(model, "peft_config", None):
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            type(self.model).save_lora_weights(
+                directory, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
+                weight_name=LORA_WEIGHTS, unet_lora_adapter_metadata=model.peft_config["default"].to_dict(),
+            )  # fmt: skip
+            base = self.model_name if not os.path.exists(self.model_name) else os.path.abspath(self.model_name)
+            info = {"task": self.task, "base_model": base, "format": LORA_FORMAT}
+            (directory / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
+            return
+        with _no_diffusers_progress_bars():
+            self.model.save_pretrained(directory)
+        if self.class_labels is not None:
+            self.class_labels.save_pretrained(directory)
+
+
+# ------------------------------------------------------------------------------------- fine-tuning helpers
+
+# How `finetune` names a UNet built from `model_config` (logs, finetune_config.json, the model card).
+NEW_UNET = "new UNet2DModel (model_config)"
+# A LoRA fine-tune: diffusers' LoRA weights file, and the `format` recorded in hfpipes_adapter.json.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_FORMAT = "diffusers-lora"
+# Sample grids: the first classes of a class-conditional model, the first prompts of a text-to-image one.
+SAMPLE_CLASSES = 64
+SAMPLE_PROMPTS = 4
+_IMAGE_MODES = {1: "L", 3: "RGB"}
+# task_options that define the noise schedule of a new UNet (DDPMScheduler's arguments, its defaults apply).
+_SCHEDULE_OPTIONS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "clip_sample")
+_TRAINING_OPTIONS = {
+    "num_train_timesteps": "an integer >= 2 (default 1000)",
+    "beta_schedule": "'linear' (default), 'scaled_linear', 'squaredcos_cap_v2' or 'sigmoid'",
+    "beta_start": "a number in (0, 1) (default 0.0001)",
+    "beta_end": "a number in (0, 1) (default 0.02)",
+    "prediction_type": "'epsilon' (default), 'v_prediction' or 'sample'",
+    "clip_sample": "true (default) or false: clip each sampling step's estimate of the clean image to [-1, 1]",
+    "inference_scheduler": "'ddim' (DDIMPipeline, 50 steps by default; the default for new UNets) or 'ddpm' (DDPMPipeline, 1000 steps)",
+    "sample_steps": "an integer >= 1 (denoising steps of the sample grids; defaults to the pipeline's)",
+}
+# The sampler saved with a new UNet: DDIM with "trailing" timesteps, which include the last (noisiest) one.
+_DDIM_SETTINGS = {"timestep_spacing": "trailing"}
+
+
+def _training_options(values: Any) -> dict[str, Any]:
+    """Check a fine-tune's `task_options`; only the keys given are returned (the defaults live in diffusers)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"task_options: expected a mapping, got {describe(values)}.")
+    valid = "; ".join(f"{key}: {meaning}" for key, meaning in _TRAINING_OPTIONS.items())
+    unknown = [key for key in values if key not in _TRAINING_OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), _TRAINING_OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"task_options: unknown key(s) {', '.join(map(repr, unknown))}{hint} for the image-generation task. "
+            f"Valid keys: {valid}."
+        )
+    choices = {"beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"),
+               "prediction_type": ("epsilon", "v_prediction", "sample"), "inference_scheduler": ("ddim", "ddpm")}  # fmt: skip
+    for key, value in values.items():
+        if key in choices:
+            ok = value in choices[key]
+        elif key == "clip_sample":
+            ok = isinstance(value, bool)
+        elif key in ("beta_start", "beta_end"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+        else:
+            ok = (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= (2 if key == "num_train_timesteps" else 1)
+            )
+        if not ok:
+            raise ConfigError(f"task_options.{key}: expected {_TRAINING_OPTIONS[key]}, got {describe(value)}.")
+    if values.get("beta_start", 0) >= values.get("beta_end", 1):
+        raise ConfigError(
+            f"task_options: beta_start ({values['beta_start']}) must be below beta_end ({values['beta_end']})."
+        )
+    return dict(values)
+
+
+def _unet_config(values: Any) -> dict[str, Any]:
+    """Check `model_config` against UNet2DModel's arguments (its own defaults apply to the rest)."""
+    from diffusers import UNet2DModel
+
+    example = "e.g. {sample_size: 32, in_channels: 1, out_channels: 1, num_class_embeds: auto}"
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"model_config: expected a mapping of UNet2DModel arguments ({example}), got {describe(values)}."
+        )
+    valid = [name for name in inspect.signature(UNet2DModel.__init__).parameters if name != "self"]
+    unknown = [key for key in values if key not in valid]
+    if unknown:
+        raise ConfigError(
+            f"model_config: unknown UNet2DModel argument(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}."
+        )
+    if "sample_size" not in values:
+        raise ConfigError(
+            f"model_config: sample_size is required (the image side in pixels, or [height, width]); {example}."
+        )
+    if values.get("class_embed_type") is not None:
+        raise ConfigError(
+            "model_config.class_embed_type: class-conditional UNets use num_class_embeds with the default embedding; remove class_embed_type."
+        )
+    classes = values.get("num_class_embeds")
+    if classes not in (None, "auto") and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 0):
+        raise ConfigError(
+            f"model_config.num_class_embeds: expected 'auto' (one per label in the data), a number of classes or null (unconditional), got {describe(classes)}."
+        )
+    return dict(values)
+
+
+def _pixel_pipeline(unet: Any, schedule: Any, sampler: str) -> Any:
+    """A UNet2DModel as a DDIMPipeline (sampled in 50 steps by default) or a DDPMPipeline (1000 steps)."""
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+
+    if sampler == "ddim":
+        return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(schedule, **_DDIM_SETTINGS))
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(schedule))
+
+
+def _lora_config(options: dict[str, Any]) -> Any:
+    """peft's LoraConfig from a recipe's `peft:` mapping; by default on the UNet's attention projections."""
+    from peft import LoraConfig
+
+    options = dict(options)
+    kind = str(options.pop("type", "lora")).lower()
+    if kind != "lora":
+        raise ConfigError(f"peft.type: only 'lora' is supported, got {kind!r}.")
+    names = {"r": "r", "alpha": "lora_alpha", "lora_alpha": "lora_alpha", "dropout": "lora_dropout",
+             "lora_dropout": "lora_dropout", "target_modules": "target_modules"}  # fmt: skip
+    unknown = [key for key in options if key not in names]
+    if unknown:
+        raise ConfigError(f"peft: unknown key(s) {unknown}; valid: type, {', '.join(names)}.")
+    kwargs = {names[key]: value for key, value in options.items()}
+    kwargs.setdefault("r", 8)
+    kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
+    kwargs.setdefault("target_modules", ["to_q", "to_k", "to_v", "to_out.0"])
+    try:
+        # Gaussian A (and zero B) as diffusers' LoRA scripts do: the adapter starts as a no-op.
+        return LoraConfig(init_lora_weights="gaussian", **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"peft: {err}") from None
+
+
+def _lora_info(model: Any) -> dict[str, Any] | None:
+    """The `hfpipes_adapter.json` of a LoRA folder saved by `save_trained`, or `None` for anything else."""
+    if not isinstance(model, (str, os.PathLike)) or not (Path(model) / LORA_WEIGHTS).is_file():
+        return None
+    path = Path(model) / ADAPTER_INFO
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != LORA_FORMAT or not isinstance(info.get("base_model"), str):
+        raise ModelLoadError(
+            f"{path}: expected {{'format': {LORA_FORMAT!r}, 'base_model': '<pipeline>'}}, got {describe(info)}."
+        )
+    return info
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _pixels(image: Any, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image as a CHW float32 array in [-1, 1] of `size` (height, width) and `mode` ("L" or "RGB").
+
+    The shorter side is scaled to fit and the rest centre-cropped (no distortion), with bicubic resampling: smooth
+    strokes when small images are enlarged (8x8 digits to 16x16), and PIL low-pass filters it when shrinking.
+    """
+    import numpy as np
+    from PIL import Image
+
+    image = image.convert(mode)
+    height, width = size
+    if image.size != (width, height):
+        scale = max(width / image.width, height / image.height)
+        resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+        left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _grid(images: list[np.ndarray], columns: int) -> Any:
+    """HWC float images in [0, 1] as one PNG-ready grid, small images enlarged (nearest) to at least 64 pixels."""
+    import numpy as np
+    from diffusers.utils import numpy_to_pil
+    from PIL import Image
+
+    tiles = numpy_to_pil(np.stack(images))
+    width, height = tiles[0].size
+    zoom = max(1, 64 // max(width, height))
+    width, height = width * zoom, height * zoom
+    rows = math.ceil(len(tiles) / columns)
+    grid = Image.new(tiles[0].mode, (min(columns, len(tiles)) * width, rows * height))
+    for i, tile in enumerate(tiles):
+        grid.paste(
+            tile.resize((width, height), Image.Resampling.NEAREST), ((i % columns) * width, (i // columns) * height)
+        )
+    return grid
