@@ -216,7 +216,7 @@ def load_image(value: Any, where: str, *, min_side: int = MIN_IMAGE_SIDE) -> "Im
             if path.is_dir():
                 raise InvalidInputError(f"{where}: expected an image file, got a directory: {str(path)!r}.")
             if not path.is_file():
-                raise InvalidInputError(f"{where}: image file not found: {str(path)!r}.")
+                raise InvalidInputError(f"{where}: image file not found: {str(path)!r}; expected a path to an image file.")
             image = _open_image_bytes(path.read_bytes(), f"{where} ({str(path)!r})")
     elif value is not None and type(value).__module__.startswith("torch"):
         image = _array_to_image(value.detach().cpu().numpy(), where)
@@ -317,7 +317,7 @@ def load_audio(value: Any, where: str, *, sampling_rate: int) -> "np.ndarray":
         if path.is_dir():
             raise InvalidInputError(f"{where}: expected an audio file, got a directory: {str(path)!r}.")
         if not path.is_file():
-            raise InvalidInputError(f"{where}: audio file not found: {str(path)!r}.")
+            raise InvalidInputError(f"{where}: audio file not found: {str(path)!r}; expected a path to an audio file.")
         array, rate = _decode_audio_bytes(path.read_bytes(), f"{where} ({str(path)!r})")
     elif isinstance(value, (np.ndarray, list, tuple)):
         array = value
