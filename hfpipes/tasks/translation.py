@@ -16,18 +16,37 @@ from the model's config and tokenizer (`TranslationTask.route`):
   with the chat template. Languages: any of `LANGUAGES`.
 - `"few-shot"` (a causal LM without a chat template): `FEW_SHOT_EXAMPLES` as `"English: ...\\nGerman: ...\\n\\n"`
   pairs, then the source; generation stops at the first token whose text holds a newline and the output is cut
-  there. Languages: those of `FEW_SHOT_EXAMPLES` (the examples are parallel, so any pair of them works; the
-  source is English unless `src_lang` says otherwise). Newlines inside a source text become spaces.
+  there. Languages: those of `FEW_SHOT_EXAMPLES`, each measured with the default model (the examples are
+  parallel, so any pair of them works; the source is English unless `src_lang` says otherwise). Newlines inside a
+  source text become spaces.
+
+The default model (no `model=`) is Gemma 3 270M base, `embedded:gemma-3-270m`, on the few-shot route: no
+translation model ships in any package, and this small LM with 8 examples was the best offline option measured
+(chrF per language and decoding mode in `model_cards/gemma-3-270m-translation.md`, on the held-out sentences of
+`hfpipes/assets/translation/everyday.jsonl`, which are never used as examples or training data).
 
 Languages are ISO 639-1 codes (`"de"`, `"fr"`), mapped to each model's own codes through `LANGUAGES`; a model's own
 codes (`"deu_Latn"`) are accepted too. `TranslationTask.supported_languages` lists the target languages of the
-loaded model; `tgt_lang` is required unless the model translates into one language only. `TranslationTask.prompt`
-shows the exact text the model is given. Decoding is deterministic: greedy, or beam search with `num_beams`.
+loaded model. A model that translates into several languages, called without `tgt_lang`, translates English into
+German and any other language into English (`DEFAULT_TARGET_FROM_ENGLISH`, `DEFAULT_TARGET`) and logs its choice;
+where the model has no such target, `tgt_lang` is required. `TranslationTask.prompt` shows the exact text the model
+is given. Decoding is deterministic: greedy, or beam search with `num_beams`.
+
+Fine-tuning (`hfpipes.finetune("translation", ...)`, data columns `source` and `target`, optionally `src_lang` and
+`tgt_lang` per record, else `task_options: {src_lang, tgt_lang}`): a seq2seq model learns the target's token ids;
+a causal LM learns to complete the prompt its route builds (few-shot or chat) with the target and the route's end
+(the example's line end, or the chat template's end of turn), with the loss on those tokens only. Evaluation
+generates greedily and reports BLEU and chrF (`main_metric`). `tasks/translation.yaml` is a LoRA recipe for the
+default model.
 
 Example:
 
 ```python
 >>> import hfpipes
+>>> hfpipes.run("translation", "Good morning")  # the default model; English -> German unless tgt_lang= says otherwise
+{'translation_text': 'Guten Morgen'}
+>>> hfpipes.run("translation", "Where is the pharmacy?", tgt_lang="fr", num_beams=4)
+{'translation_text': 'Où est la pharmacie ?'}
 >>> hfpipes.run("translation", "How are you?", model="Helsinki-NLP/opus-mt-en-de")
 {'translation_text': 'Wie geht es Ihnen?'}
 >>> nllb = hfpipes.load("translation", model="facebook/nllb-200-distilled-600M")
@@ -35,20 +54,28 @@ Example:
 [{'translation_text': 'Bonjour'}, {'translation_text': 'Merci'}]
 >>> nllb.supported_languages[:5]
 ['ar', 'bg', 'bn', 'ca', 'cs']
+>>> pairs = [{"source": "Save the file", "target": "Datei speichern"}, ...]
+>>> hfpipes.finetune("translation", pairs, model="Helsinki-NLP/opus-mt-en-de", output_dir="out/mt", epochs=3).metrics
+{'eval_loss': ..., 'bleu': ..., 'chrf': ..., ...}
 ```
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..batching import pad_sequences
-from ..errors import InvalidInputError
+from ..errors import ConfigError, DataError, InvalidInputError
 from ..inputs import describe, load_text
-from ..task import Task
+from ..task import ADAPTER_INFO, Task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..sources import ModelLocation
 
 logger = logging.getLogger("hfpipes")
 
@@ -78,7 +105,10 @@ CHAT_INSTRUCTION = (
     "explanation or notes.\n\n{text}"
 )
 
-# Parallel everyday sentences for the few-shot prompt of base LMs: every pair of these languages works.
+# Parallel everyday sentences for the few-shot prompt of base LMs: every pair of these languages works. Eight
+# measured better than five or three on a development set (hfpipes/assets/translation/everyday-dev.jsonl: +4.6
+# chrF EN->DE, +5.0 EN->FR with Gemma 3 270M); each language is measured with the default model on the held-out
+# everyday.jsonl (model_cards/gemma-3-270m-translation.md). Neither set shares a sentence with these examples.
 FEW_SHOT_EXAMPLES: tuple[dict[str, str], ...] = (
     {
         "en": "Where is the train station?",
@@ -125,6 +155,33 @@ FEW_SHOT_EXAMPLES: tuple[dict[str, str], ...] = (
         "pt": "A câmara municipal anunciou na terça-feira que a nova ponte será inaugurada na próxima primavera.",
         "nl": "De gemeenteraad maakte dinsdag bekend dat de nieuwe brug volgend voorjaar opengaat.",
     },
+    {
+        "en": "Excuse me, how much do these shoes cost?",
+        "de": "Entschuldigung, wie viel kosten diese Schuhe?",
+        "fr": "Excusez-moi, combien coûtent ces chaussures ?",
+        "es": "Perdone, ¿cuánto cuestan estos zapatos?",
+        "it": "Mi scusi, quanto costano queste scarpe?",
+        "pt": "Com licença, quanto custam estes sapatos?",
+        "nl": "Pardon, hoeveel kosten deze schoenen?",
+    },
+    {
+        "en": "I didn't sleep well last night because the neighbours were very loud.",
+        "de": "Ich habe letzte Nacht schlecht geschlafen, weil die Nachbarn sehr laut waren.",
+        "fr": "J'ai mal dormi la nuit dernière parce que les voisins étaient très bruyants.",
+        "es": "Anoche dormí mal porque los vecinos hacían mucho ruido.",
+        "it": "Stanotte ho dormito male perché i vicini erano molto rumorosi.",
+        "pt": "Não dormi bem ontem à noite porque os vizinhos estavam fazendo muito barulho.",
+        "nl": "Ik heb vannacht slecht geslapen omdat de buren veel lawaai maakten.",
+    },
+    {
+        "en": "Please call me back when you get home.",
+        "de": "Bitte ruf mich zurück, wenn du nach Hause kommst.",
+        "fr": "Rappelle-moi quand tu rentres, s'il te plaît.",
+        "es": "Por favor, llámame cuando llegues a casa.",
+        "it": "Per favore, richiamami quando arrivi a casa.",
+        "pt": "Por favor, me ligue de volta quando chegar em casa.",
+        "nl": "Bel me alsjeblieft terug als je thuiskomt.",
+    },
 )
 # One example of the few-shot prompt, and the line the model completes ({source}/{target}: English names).
 FEW_SHOT_EXAMPLE = "{source}: {source_text}\n{target}: {target_text}\n\n"
@@ -136,6 +193,12 @@ T5_MODEL_TYPES = ("t5", "mt5", "umt5", "longt5")
 
 # The source language when the caller names none and the model does not imply one.
 DEFAULT_SOURCE = "en"
+# The target language when a model that translates into several languages is called without tgt_lang: German for
+# English sources, English for any other source (when the model supports it; else tgt_lang stays required).
+DEFAULT_TARGET_FROM_ENGLISH = "de"
+DEFAULT_TARGET = "en"
+# The `task_options` of a fine-tune: the languages of the records that have no src_lang/tgt_lang of their own.
+TRAINING_OPTIONS = ("src_lang", "tgt_lang")
 # Generated tokens per translation unless the caller or the model's generation config says otherwise.
 DEFAULT_MAX_NEW_TOKENS = 256
 # Tokenizers report 1e30 for "no limit"; then the model's position embeddings set the limit.
@@ -205,7 +268,9 @@ class TranslationTask(Task):
             The source language, an ISO 639-1 code (`"en"`) or the model's own code (`"eng_Latn"`). Defaults to the
             model's source language when it has only one, else English.
         tgt_lang (`str`, *optional*):
-            The target language. Required unless the model translates into one language only (Marian `en-de`).
+            The target language. A model that translates into one language only (Marian `en-de`) needs none; a
+            multi-target model called without it translates English into German and other languages into
+            English, and logs which it chose (an error when the model has no such target).
         num_beams (`int`, *optional*):
             Beam search width; defaults to the model's generation config (greedy decoding for most models).
         max_new_tokens (`int`, *optional*):
@@ -220,8 +285,14 @@ class TranslationTask(Task):
     def _load(self, location: Any, **kwargs: Any) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        config = self.from_pretrained(AutoConfig, **kwargs)
-        self.tokenizer = self.from_pretrained(AutoTokenizer, **kwargs)
+        # A LoRA fine-tune (`Task.save_trained` with peft) holds the adapter and the tokenizer, not the config; a
+        # shipped adapter may leave out the tokenizer too (Gemma's is 33 MB). Both then come from the base model.
+        directory = Path(location.path)
+        base = _adapter_base(directory, self.allow_pickle) if location.is_local else None
+        config_path = base.path if base and not (directory / "config.json").is_file() else None
+        tokenizer_path = base.path if base and not (directory / "tokenizer_config.json").is_file() else None
+        config = self.from_pretrained(AutoConfig, path=config_path, **kwargs)
+        self.tokenizer = self.from_pretrained(AutoTokenizer, path=tokenizer_path, **kwargs)
         if config.is_encoder_decoder:
             self.route = "seq2seq"
             self.model = self.from_pretrained(AutoModelForSeq2SeqLM, **kwargs)
@@ -238,6 +309,8 @@ class TranslationTask(Task):
         limits = (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
         self.max_length = min((n for n in limits if isinstance(n, int) and 0 < n < _NO_LIMIT), default=None)
         self._stop_at_newline = _StopAtNewline(self.tokenizer)
+        # (source, target) pairs whose default target language has been logged already (once per pair).
+        self._announced_defaults: set[tuple[str, str]] = set()
         # How a seq2seq model learns the languages: "language-tokens", "marian-targets", "t5-prefixes",
         # "t5-wording" or "fixed" (see `_seq2seq_languages`).
         self._style = ""
@@ -361,6 +434,22 @@ class TranslationTask(Task):
         """The ISO codes of the languages the loaded model translates from, or `None` when any/unknown."""
         return None if self._source.iso is None else sorted(self._source.iso)
 
+    def _default_target(self, source: str | None) -> str | None:
+        """The model's code for the target of a multi-target model called without tgt_lang: German for English
+        sources, else English (`DEFAULT_TARGET_FROM_ENGLISH`, `DEFAULT_TARGET`); `None` when the model lacks it."""
+        if self._target.iso is None or source is None:
+            return None
+        source_iso = {code: iso for iso, code in (self._source.iso or {}).items()}.get(source, source)
+        iso = DEFAULT_TARGET_FROM_ENGLISH if source_iso == "en" else DEFAULT_TARGET
+        target = self._target.iso.get(iso)
+        if target is not None and (source, target) not in self._announced_defaults:
+            self._announced_defaults.add((source, target))
+            logger.info(
+                "hfpipes translation: no tgt_lang given, translating %s -> %s (%s); choose with tgt_lang=, one of %s.",
+                source_iso, iso, LANGUAGES[iso][0], ", ".join(sorted(self._target.iso)),
+            )  # fmt: skip
+        return target
+
     def _languages(self, src_lang: str | None, tgt_lang: str | None) -> tuple[str | None, str | None]:
         """The (source, target) model codes of a call, defaults applied; an error when one is missing."""
         source = src_lang if src_lang is not None else self._source.default
@@ -391,12 +480,15 @@ class TranslationTask(Task):
 
     def _prompts(self, texts: list[str], source: str | None, target: str | None) -> list[str]:
         if self.route == "chat":
-            names = {"source": LANGUAGES[source][0], "target": LANGUAGES[target][0]}
-            messages = [[{"role": "user", "content": CHAT_INSTRUCTION.format(text=text, **names)}] for text in texts]
             # enable_thinking=False keeps reasoning models (Qwen3) from thinking aloud; other templates ignore it.
             return [
-                self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-                for m in messages
+                self.tokenizer.apply_chat_template(
+                    self._chat_messages(text, source, target),
+                    tokenize=False,
+                    add_generation_prompt=True,
+                    enable_thinking=False,
+                )
+                for text in texts
             ]
         if self.route == "few-shot":
             names = {"source": LANGUAGES[source][0], "target": LANGUAGES[target][0]}
@@ -417,6 +509,10 @@ class TranslationTask(Task):
 
     # ------------------------------------------------------------------------------------------- options
 
+    def _chat_messages(self, text: str, source: str, target: str) -> list[dict[str, str]]:
+        names = {"source": LANGUAGES[source][0], "target": LANGUAGES[target][0]}
+        return [{"role": "user", "content": CHAT_INSTRUCTION.format(text=text, **names)}]
+
     def _sanitize_parameters(
         self,
         src_lang: str | None = None,
@@ -435,10 +531,14 @@ class TranslationTask(Task):
                 )  # fmt: skip
             else:
                 preprocess[option] = side.resolve(code, option)
-        if "tgt_lang" in preprocess:
-            forward["tgt_lang"] = preprocess["tgt_lang"]
         source = preprocess.get("src_lang", self._source.default)
         target = preprocess.get("tgt_lang", self._target.default)
+        if target is None and self._target.required:
+            target = self._default_target(source)
+            if target is not None:
+                preprocess["tgt_lang"] = target
+        if "tgt_lang" in preprocess:
+            forward["tgt_lang"] = preprocess["tgt_lang"]
         if source is not None and source == target:
             raise InvalidInputError(f"tgt_lang: the source and target languages are both {target!r}.")
         if (
@@ -496,6 +596,13 @@ class TranslationTask(Task):
     def _forward(
         self, batch: dict, tgt_lang: str | None = None, num_beams: int | None = None, max_new_tokens: int | None = None
     ) -> list:
+        return self._generate(self.model, batch, tgt_lang, num_beams, max_new_tokens)
+
+    def _generate(
+        self, model: Any, batch: dict, tgt_lang: str | None, num_beams: int | None, max_new_tokens: int | None
+    ) -> list:
+        """Greedy (or beam) generation from a collated batch of prompts with `model` (the loaded one, or the one a
+        fine-tune is training); one tensor of generated ids per row."""
         import torch
 
         options: dict[str, Any] = {"do_sample": False, "pad_token_id": self.pad_token_id}
@@ -505,7 +612,7 @@ class TranslationTask(Task):
         prompt_length = batch["input_ids"].shape[1]
         # Past its length limit a model with learned (or fixed sinusoidal) positions fails with an index error.
         if self.route == "seq2seq":
-            positions = getattr(self.model.config, "max_position_embeddings", None)
+            positions = getattr(model.config, "max_position_embeddings", None)
             room = positions - 1 if positions else None  # the decoder start token takes a position
         else:
             room = self.max_length - prompt_length if self.max_length else None
@@ -523,7 +630,7 @@ class TranslationTask(Task):
             from transformers import StoppingCriteriaList
 
             options["stopping_criteria"] = StoppingCriteriaList([self._stop_at_newline])
-        sequences = self.model.generate(**batch, max_new_tokens=max_new_tokens, **options)
+        sequences = model.generate(**batch, max_new_tokens=max_new_tokens, **options)
         # Seq2seq outputs start with the decoder start token; causal LM outputs with the prompt.
         generated = sequences[:, 1:] if self.route == "seq2seq" else sequences[:, prompt_length:]
         stop_ids = self._eos_ids | (self._stop_at_newline.newline_ids if self.route == "few-shot" else set())
@@ -546,6 +653,221 @@ class TranslationTask(Task):
         if self.route == "few-shot":
             text = text.split("\n", 1)[0]
         return {"translation_text": text.strip()}
+
+    # ------------------------------------------------------------------------------------------- fine-tuning
+    # Seq2seq models learn the target's token ids (`text_target`); causal LMs learn the completion of the prompt
+    # the inference route builds (few-shot or chat), with the loss on the completion only. Evaluation generates
+    # greedily and scores BLEU and chrF.
+
+    train_columns = ("source", "target")
+    optional_train_columns = ("src_lang", "tgt_lang")
+    main_metric = "chrf"
+    greater_is_better = True
+
+    @property
+    def peft_task_type(self) -> str:
+        """LoRA's task type: `"SEQ_2_SEQ_LM"` for encoder-decoder models, `"CAUSAL_LM"` for the chat and few-shot
+        routes."""
+        return "SEQ_2_SEQ_LM" if self.route == "seq2seq" else "CAUSAL_LM"
+
+    def prepare_training(self, train: list, eval: list, config: Any) -> None:
+        import inspect
+
+        super().prepare_training(train, eval, config)
+        unknown = sorted(set(config.task_options) - set(TRAINING_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"task_options: unknown key(s) {unknown}; the translation task takes {', '.join(TRAINING_OPTIONS)} "
+                "(the languages of records without src_lang/tgt_lang columns)."
+            )
+        # Records without their own language columns take these (the caller's, else the model's defaults).
+        defaults: dict[str, str | None] = {}
+        for option, side in (("src_lang", self._source), ("tgt_lang", self._target)):
+            code = config.task_options.get(option)
+            if code is None or side.iso is None:
+                defaults[option] = side.default
+                continue
+            try:
+                defaults[option] = side.resolve(code, f"task_options.{option}")
+            except InvalidInputError as err:
+                raise ConfigError(str(err)) from None
+        self._train_languages = (defaults["src_lang"], defaults["tgt_lang"])
+        # Seq2seq: source tokens; causal LMs: prompt and target together.
+        self._train_max_length = min((n for n in (config.max_length, self.max_length) if n), default=None)
+        positions = getattr(self.model.config, "max_position_embeddings", None) if self.route == "seq2seq" else None
+        limits = (config.max_target_length, positions - 1 if positions else None)  # the decoder start takes one
+        self._train_max_target_length = min((n for n in limits if n), default=None)
+        # Weights a checkpoint never stores (Marian's sinusoidal positions, trainable once loaded in transformers 5)
+        # must stay as they are: a reloaded model would have the originals back.
+        unsaved = getattr(self.model, "_keys_to_ignore_on_save", None) or ()
+        for name, parameter in self.model.named_parameters():
+            if name in unsaved:
+                parameter.requires_grad_(False)
+        # Causal LMs: logits only where there are labels (`training_loss`), when the model can be asked to.
+        self._keep_logits = (
+            self.route != "seq2seq" and "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        )
+
+    def encode_example(self, example: dict, where: str) -> dict:
+        try:
+            source_text = load_text(example["source"], f"{where}, column 'source'")
+            target_text = load_text(example["target"], f"{where}, column 'target'")
+        except InvalidInputError as err:
+            raise DataError(str(err)) from None
+        source, target = self._example_languages(example, where)
+        prompt = self._prompts([source_text], source, target)[0]
+        if self.route == "seq2seq":
+            if self._style == "language-tokens":
+                self.tokenizer.src_lang, self.tokenizer.tgt_lang = source, target
+            limit, target_limit = self._train_max_length, self._train_max_target_length
+            encoded = self.tokenizer(prompt, truncation=limit is not None, max_length=limit)
+            labels = self.tokenizer(
+                text_target=target_text, truncation=target_limit is not None, max_length=target_limit
+            )
+            return {
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+                "labels": labels["input_ids"],
+            }
+        # The prompt is tokenized exactly as `preprocess` does, so the model learns from the context it will see.
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=self.route == "few-shot")["input_ids"]
+        completion = self._completion(prompt, source_text, target_text, source, target)
+        target_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        target_ids = target_ids[: self._train_max_target_length or None]
+        if self._train_max_length is not None:
+            room = self._train_max_length - len(prompt_ids)
+            if room < 1:
+                raise DataError(
+                    f"{where}: the prompt is {len(prompt_ids)} tokens long, which leaves no room for the target within "
+                    f"max_length={self._train_max_length}. Shorten the source or raise max_length."
+                )
+            target_ids = target_ids[:room]
+        return {
+            "input_ids": prompt_ids + target_ids,
+            "attention_mask": [1] * (len(prompt_ids) + len(target_ids)),
+            "labels": [-100] * len(prompt_ids) + target_ids,
+        }
+
+    def _example_languages(self, example: dict, where: str) -> tuple[str | None, str | None]:
+        """The model codes of a training record's languages: its own columns, else the fine-tune's defaults."""
+        languages = dict(zip(("src_lang", "tgt_lang"), self._train_languages, strict=True))
+        for option, side in (("src_lang", self._source), ("tgt_lang", self._target)):
+            code = example.get(option)
+            if code is None or (isinstance(code, str) and not code.strip()) or side.iso is None:
+                continue
+            try:
+                languages[option] = side.resolve(code, option)
+            except InvalidInputError as err:
+                raise DataError(f"{where}: {err}") from None
+        source, target = languages["src_lang"], languages["tgt_lang"]
+        for option, side, code in (("src_lang", self._source, source), ("tgt_lang", self._target, target)):
+            if code is None and side.required:
+                raise DataError(
+                    f"{where}: no {option}: this model translates several languages, so give the record a {option} "
+                    f"column or set task_options: {{{option}: ...}}. {side.listing()}"
+                )
+        if source is not None and source == target:
+            raise DataError(f"{where}: the source and target languages are both {target!r}.")
+        if self._style == "t5-prefixes" and (source, target) not in self._t5_prefixes:
+            raise DataError(f"{where}: {source}->{target} is not supported by this model. {self._target.hint}")
+        return source, target
+
+    def _completion(self, prompt: str, source_text: str, target_text: str, source: str, target: str) -> str:
+        """What a causal LM should write after `prompt`: the translation and the end the route stops at (the
+        few-shot example's line end, or the chat template's end of turn)."""
+        if self.route == "few-shot":
+            names = {"source": LANGUAGES[source][0], "target": LANGUAGES[target][0]}
+            query = FEW_SHOT_QUERY.format(source_text="", **names)
+            # One line per translation, as in the prompt: a newline inside the target would end it early.
+            example = FEW_SHOT_EXAMPLE.format(source_text="", target_text=" ".join(target_text.split()), **names)
+            return example[len(query) :]
+        messages = [*self._chat_messages(source_text, source, target), {"role": "assistant", "content": target_text}]
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=False)
+        # Templates that render an answer differently from the generation prompt (reasoning models) end at eos.
+        return full[len(prompt) :] if full.startswith(prompt) else target_text + (self.tokenizer.eos_token or "")
+
+    def training_collate(self, features: list[dict]) -> dict:
+        multiple = 8 if self.train_config.mixed_precision != "no" else None  # tensor cores want multiples of 8
+        # Padded apart: a seq2seq model's labels are not as long as its inputs.
+        batch = pad_sequences(
+            features, {"input_ids": self.pad_token_id, "attention_mask": 0}, pad_to_multiple_of=multiple
+        )
+        return {**batch, **pad_sequences(features, {"labels": -100}, pad_to_multiple_of=multiple)}
+
+    def training_loss(self, model: Any, batch: dict) -> Any:
+        if not self._keep_logits:
+            return model(**batch).loss
+        import torch
+
+        # A causal LM's logits over the whole prompt are most of its compute and memory (262k-token vocabularies);
+        # only the positions that predict a label are needed. The loss is the model's own: mean token cross-entropy.
+        labels = batch["labels"]
+        labeled = labels != -100
+        first = int(labeled.int().argmax(dim=1)[labeled.any(dim=1)].min()) if labeled.any() else 1
+        keep = labels.shape[1] - max(first, 1) + 1
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, labels.shape[1] - keep + 1 :].flatten(), ignore_index=-100
+        )
+
+    def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
+        labels = batch["labels"]
+        references = [self.postprocess(row[row != -100])["translation_text"] for row in labels]
+        # Without max_target_length, runaway outputs are cut at 1.5 times the longest reference (they score no better).
+        longest = int((labels != -100).sum(dim=1).max())
+        max_new_tokens = self.train_config.max_target_length or longest + longest // 2 + 8
+        if self.route == "seq2seq":
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            groups = self._rows_by_target(labels)
+        else:
+            # The prompt is what precedes the first label (rows are padded on the right).
+            starts = (labels != -100).int().argmax(dim=1).tolist()
+            prompts = [ids[:start].tolist() for ids, start in zip(batch["input_ids"], starts, strict=True)]
+            inputs = self._collate([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in prompts])
+            inputs = {key: value.to(labels.device) for key, value in inputs.items()}
+            groups = {None: list(range(len(prompts)))}
+        outputs: list[Any] = [None] * len(labels)
+        for target, rows in groups.items():
+            group = {key: value[rows] for key, value in inputs.items()}
+            for row, output in zip(rows, self._generate(model, group, target, None, max_new_tokens), strict=True):
+                outputs[row] = output
+        return [self.postprocess(output)["translation_text"] for output in outputs], references
+
+    def _rows_by_target(self, labels: Any) -> dict[str | None, list[int]]:
+        """Rows of a seq2seq batch grouped by target language: a language-token model is told its target through
+        `forced_bos_token_id`, one per `generate` call; the label ids say which language each row is in."""
+        if self._style != "language-tokens":
+            return {None: list(range(len(labels)))}
+        get_id = getattr(self.tokenizer, "get_lang_id", None) or self.tokenizer.convert_tokens_to_ids
+        codes = {get_id(code): code for code in self._target.native}
+        groups: dict[str | None, list[int]] = {}
+        for row, ids in enumerate(labels.tolist()):
+            groups.setdefault(next((codes[i] for i in ids if i in codes), None), []).append(row)
+        return groups
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        from ..metrics import load_metric
+
+        return {
+            **load_metric("bleu").compute(predictions=predictions, references=references),
+            **load_metric("chrf").compute(predictions=predictions, references=references),
+        }
+
+
+def _adapter_base(directory: Path, allow_pickle: bool) -> ModelLocation | None:
+    """Where the base model of a LoRA adapter directory is, when the directory lacks its config or tokenizer."""
+    if not (directory / "adapter_config.json").is_file():
+        return None
+    if (directory / "config.json").is_file() and (directory / "tokenizer_config.json").is_file():
+        return None
+    from ..sources import resolve_model
+
+    info = directory / ADAPTER_INFO
+    if info.is_file():
+        spec = json.loads(info.read_text())["base_model"]
+    else:
+        spec = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return resolve_model(spec, allow_pickle=allow_pickle)
 
 
 class _StopAtNewline:

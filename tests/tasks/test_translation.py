@@ -190,8 +190,8 @@ def test_t5_gets_the_task_prefix_of_its_config(pipes):
     assert pipe.prompt("Hello", tgt_lang="fr") == "translate English to French: Hello"
     with pytest.raises(InvalidInputError, match="tgt_lang: 'es' is not supported.*Supported: de, fr.*en->de, en->fr"):
         pipe("Hello", tgt_lang="es")
-    with pytest.raises(InvalidInputError, match="tgt_lang: this model translates into several languages"):
-        pipe("Hello")
+    # Without tgt_lang, English goes to German (DEFAULT_TARGET_FROM_ENGLISH), which this model has.
+    assert pipe("Hello", max_new_tokens=4) == pipe("Hello", tgt_lang="de", max_new_tokens=4)
 
 
 def test_t5_without_translation_pairs_gets_the_t5_wording(tiny_t5_without_pairs):
@@ -272,6 +272,10 @@ def test_few_shot_prompt_is_the_documented_one(pipes, monkeypatch):
         "German: Meine Schwester arbeitet in einem Krankenhaus und fängt morgens sehr früh an.\n\n"
         "English: The city council announced on Tuesday that the new bridge will open next spring.\n"
         "German: Der Stadtrat gab am Dienstag bekannt, dass die neue Brücke im nächsten Frühjahr eröffnet wird.\n\n"
+        "English: Excuse me, how much do these shoes cost?\nGerman: Entschuldigung, wie viel kosten diese Schuhe?\n\n"
+        "English: I didn't sleep well last night because the neighbours were very loud.\n"
+        "German: Ich habe letzte Nacht schlecht geschlafen, weil die Nachbarn sehr laut waren.\n\n"
+        "English: Please call me back when you get home.\nGerman: Bitte ruf mich zurück, wenn du nach Hause kommst.\n\n"
         "English: Good morning\nGerman:"
     )
     assert pipe.prompt("Good morning", tgt_lang="de") == expected == few_shot_prompt("Good morning")
@@ -284,9 +288,18 @@ def test_few_shot_prompt_is_the_documented_one(pipes, monkeypatch):
     assert french.endswith("\n\nFrench: Bonjour à tous\nDutch:")
 
 
+def test_without_tgt_lang_english_goes_to_german_and_other_languages_to_english(pipes, caplog):
+    pipe = pipes("tiny_llama")
+    with caplog.at_level(logging.INFO, logger="hfpipes"):
+        assert pipe.prompt("Good morning").endswith("\n\nEnglish: Good morning\nGerman:")
+        assert pipe.prompt("Bonjour", src_lang="fr").endswith("\n\nFrench: Bonjour\nEnglish:")
+        assert pipe("Good morning", max_new_tokens=3) == pipe("Good morning", tgt_lang="de", max_new_tokens=3)
+    assert "no tgt_lang given, translating en -> de (German); choose with tgt_lang=" in caplog.text
+
+
 def test_few_shot_examples_cover_the_promised_languages():
     assert {"en", "de", "fr", "es", "it", "pt", "nl"} <= set(FEW_SHOT_EXAMPLES[0])
-    assert len(FEW_SHOT_EXAMPLES) == 5
+    assert len(FEW_SHOT_EXAMPLES) == 8
     assert all(
         example.keys() == FEW_SHOT_EXAMPLES[0].keys() and "\n" not in "".join(example.values())
         for example in FEW_SHOT_EXAMPLES
@@ -341,7 +354,6 @@ def test_chat_prompt_is_the_instruction_in_the_chat_template(pipes):
             r"tgt_lang: 'ja' is not supported by this model\. Supported: de, en, es, fr, it, nl, pt\.",
         ),
         ("tiny_llama", {"tgt_lang": "de", "src_lang": "xx"}, r"src_lang: 'xx' is not supported.*Supported: de, en"),
-        ("tiny_llama", {}, "tgt_lang: this model translates into several languages; pass tgt_lang="),
         ("tiny_llama", {"tgt_lang": "en"}, "source and target languages are both 'en'"),
         ("tiny_llama", {"tgt_lang": 3}, "tgt_lang: expected a language code such as 'de', got int 3"),
         ("tiny_llama_chat", {"tgt_lang": "tlh"}, r"tgt_lang: 'tlh' is not supported.*Supported: ar, bg"),
