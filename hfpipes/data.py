@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import DataError
-from .inputs import AUDIO_EXTENSIONS
 
 __all__ = ["Record", "load_records", "split_records", "label_set", "label_id", "IMAGE_EXTENSIONS"]
 

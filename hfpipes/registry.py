@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import DuplicateTaskError, UnknownTaskError
 

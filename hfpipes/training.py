@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ class FinetuneConfig:
     max_length: int | None = None
     # Longest target in tokens (translation, speech recognition).
     max_target_length: int | None = None
-    # Use only the first N training / evaluation records (quick experiments and smoke tests).
+    # Use only N training / evaluation records, a random subset drawn with `seed` (quick experiments and smoke
+    # tests); random rather than the first N because corpora such as image folders are sorted by class.
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     # Build the model from this config instead of loading pretrained weights (training from scratch).
@@ -537,6 +539,13 @@ def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _subset(records: list, size: int | None, seed: int) -> list:
+    """`size` records drawn at random with `seed`, in their original order (all of them when `size` is None)."""
+    if not size or size >= len(records):
+        return records
+    return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), size))]
+
+
 def finetune(
     task: str,
     train: Any,
@@ -608,8 +617,8 @@ def finetune(
         train_records, eval_records = split_records(train_records, cfg.eval_split, cfg.seed)
     else:
         eval_records = []
-    train_records = train_records[: cfg.max_train_samples] if cfg.max_train_samples else train_records
-    eval_records = eval_records[: cfg.max_eval_samples] if cfg.max_eval_samples else eval_records
+    train_records = _subset(train_records, cfg.max_train_samples, cfg.seed)
+    eval_records = _subset(eval_records, cfg.max_eval_samples, cfg.seed)
     task_obj.prepare_training(train_records, eval_records, cfg)
     train_features = task_obj.encode_records(train_records)
     eval_features = task_obj.encode_records(eval_records)

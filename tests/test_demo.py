@@ -131,7 +131,9 @@ def test_model_cards_are_found_for_defaults_hub_ids_and_fine_tuned_models(tmp_pa
     assert "EfficientNet" in card.text() and not card.text().startswith("---")  # metadata block removed
     assert "licence" in card.description
     assert demo.find_model_card("openai/whisper-small").url == "https://huggingface.co/openai/whisper-small"
-    assert demo.find_model_card("embedded:whisper-tiny.en").url == "https://huggingface.co/openai/whisper-tiny.en"
+    # an embedded model without a card of its own links to the original checkpoint's Hub page
+    assert demo.find_model_card("embedded:whisper-base").url == "https://huggingface.co/openai/whisper-base"
+    assert demo.find_model_card("embedded:whisper-tiny.en").link_text == "model_cards/whisper-tiny.en.md"
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# My fine-tune\n")
     card = demo.find_model_card(str(tmp_path))
     assert card.file == tmp_path / "README.md" and card.text() == "# My fine-tune"
