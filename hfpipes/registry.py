@@ -215,6 +215,7 @@ _builtin(
     "sentiment.SentimentTask",
     aliases=("sentiment-analysis", "text-classification"),
     description="Label the sentiment of a text (any sequence-classification model).",
+    default_model="package:hfpipes/assets/sentiment-minilm",
     recommended_model="distilbert/distilbert-base-uncased-finetuned-sst-2-english",
 )
 _builtin(

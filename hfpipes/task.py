@@ -597,6 +597,9 @@ class Task:
         """Write the trained model and its preprocessors (adapters only, for a LoRA fine-tune)."""
         import json
 
+        for adapter in getattr(model, "peft_config", {}).values():
+            # The spec the base was loaded from (a Hub id, "embedded:NAME"), not the path it resolved to here.
+            adapter.base_model_name_or_path = self.model_name
         model.save_pretrained(directory)
         for component in self._components()[1:]:
             component.save_pretrained(directory)
