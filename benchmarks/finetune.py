@@ -68,7 +68,7 @@ def write_data(directory: Path, settings: Settings, seed: int = 0) -> tuple[Path
     test = rng.sample(read("test"), settings.test)
     path = directory / "train.csv"
     with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(train)
     return path, test

@@ -25,6 +25,10 @@ from ..inputs import load_image
 from ..task import Task
 
 
+# The largest batch `batch_size="auto"` forms on a CPU (see `ImageClassificationTask._load`).
+CPU_MAX_BATCH_SIZE = 2
+
+
 class ImageClassificationTask(Task):
     """Classify images.
 
@@ -52,6 +56,11 @@ class ImageClassificationTask(Task):
         # Without torchvision transformers picks the PIL backend anyway, after a warning on every load.
         backend = {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
         self.processor = self.from_pretrained(AutoImageProcessor, **backend, **kwargs)
+        if self.device.type == "cpu":
+            # On a CPU, big batches of images are slower, not faster (the activations outgrow the caches):
+            # EfficientNet-Lite0 on 2 cores classified 96 photos in 3.4 s one by one, 3.1 s in pairs, 4.7 s in
+            # eights and 6.8 s in 32s. An explicit batch_size= still wins.
+            self.max_batch_size = CPU_MAX_BATCH_SIZE
 
     def _sanitize_parameters(self, top_k: int | None | str = "", function_to_apply: str | None = None):
         postprocess = {}

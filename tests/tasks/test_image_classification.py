@@ -92,3 +92,23 @@ def test_bad_images_name_the_input(pipe, tmp_path, make_bad, message):
 def test_a_text_model_is_refused_for_image_classification(tiny_text_classifier):
     with pytest.raises(hfpipes.errors.ModelLoadError, match="image-classification"):
         hfpipes.load("image-classification", model=tiny_text_classifier)
+
+
+def test_auto_batches_stay_small_on_the_cpu_and_an_explicit_batch_size_wins(pipe, monkeypatch):
+    from hfpipes.tasks.image_classification import CPU_MAX_BATCH_SIZE
+
+    sizes = []
+    forward = pipe._forward
+
+    def spy(batch, **kwargs):
+        sizes.append(len(batch["pixel_values"]))
+        return forward(batch, **kwargs)
+
+    monkeypatch.setattr(pipe, "_forward", spy)
+    images = [Image.fromarray(a) for a in random_images(5)]
+    auto = pipe(images)
+    assert max(sizes) <= CPU_MAX_BATCH_SIZE and sum(sizes) == 5
+    sizes.clear()
+    explicit = pipe(images, batch_size=5)
+    assert sizes == [5]
+    assert [[r["label"] for r in image] for image in explicit] == [[r["label"] for r in image] for image in auto]
