@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 from .batching import plan_batches, windows
-from .errors import ConfigError, InvalidInputError, ModelLoadError, ModelNotFoundError, UnsafeModelError
+from .errors import ConfigError, DataError, InvalidInputError, ModelLoadError, ModelNotFoundError, UnsafeModelError
 from .inputs import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -553,12 +553,28 @@ class Task:
         """Called once with the validated records before encoding: build label sets, resize heads, ..."""
         self.train_config = config
 
+    def check_task_options(self, options: dict, allowed: tuple[str, ...], purpose: str) -> None:
+        """Refuse `task_options` keys outside `allowed`, naming the valid ones and what they are for."""
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"task_options: unknown key(s) {unknown}; the {self.task} task takes {', '.join(allowed)} ({purpose})."
+            )
+
     def encode_records(self, records: list) -> list:
-        """Validated records -> training examples: one per record by default (a task may pack several into one)."""
-        return [self.encode_example(record.values, record.where) for record in records]
+        """Validated records -> training examples: one per record by default (a task may pack several into one).
+
+        A value the input loaders refuse (`InvalidInputError`, e.g. an unreadable image) is bad data here: it is
+        re-raised as a `DataError`, so `encode_example` can call `load_text`/`load_image`/`load_audio` directly.
+        """
+        try:
+            return [self.encode_example(record.values, record.where) for record in records]
+        except InvalidInputError as err:
+            raise DataError(str(err)) from None
 
     def encode_example(self, example: dict, where: str) -> Any:
-        """Validate and encode one training record (raise `DataError` naming `where`)."""
+        """Validate and encode one training record (raise `DataError`, or the loaders' `InvalidInputError`,
+        naming `where`)."""
         raise ConfigError(f"The {self.task!r} task does not support fine-tuning.")
 
     def training_collate(self, features: list) -> dict:

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from ..data import label_id, label_set
-from ..errors import DataError, InvalidInputError
+from ..errors import InvalidInputError
 from ..inputs import load_image
 from ..task import Task
 
@@ -136,10 +136,7 @@ class ImageClassificationTask(Task):
         self._label2id = {label: i for i, label in enumerate(labels)}
 
     def encode_example(self, example: dict, where: str) -> dict:
-        try:
-            image = load_image(example["image"], where)
-        except InvalidInputError as err:
-            raise DataError(str(err)) from None
+        image = load_image(example["image"], where)
         # Paths are decoded again in each batch rather than kept decoded: a folder of photos may not fit in memory.
         value = example["image"] if isinstance(example["image"], (str, os.PathLike)) else image
         return {"image": value, "labels": label_id(self._label2id, example["label"], where)}

@@ -879,20 +879,14 @@ class ImageGenerationTask(Task):
         return _pixel_pipeline(unet, schedule.config, options.get("inference_scheduler", "ddim"))
 
     def encode_example(self, example: dict, where: str) -> dict:
-        try:
-            image = load_image(example["image"], where)
-        except InvalidInputError as err:
-            raise DataError(str(err)) from None
+        image = load_image(example["image"], where)
         # Paths are decoded again in each batch rather than kept decoded: a folder of photos may not fit in memory.
         value = example["image"] if isinstance(example["image"], (str, os.PathLike)) else image
         feature: dict[str, Any] = {"image": value, "seed": self._eval_seeds.get(where, 0)}
         if self.kind == CLASS_CONDITIONAL:
             feature["class_label"] = self._training_class(example["label"], where)
         elif self.kind == TEXT_TO_IMAGE:
-            try:
-                text = load_text(example["text"], where)
-            except InvalidInputError as err:
-                raise DataError(str(err)) from None
+            text = load_text(example["text"], where)
             tokenizer = self.model.tokenizer
             feature["input_ids"] = tokenizer(
                 text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True

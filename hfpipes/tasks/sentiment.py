@@ -22,7 +22,7 @@ from typing import Any
 
 from ..batching import pad_sequences
 from ..data import label_id, label_set
-from ..errors import DataError, InvalidInputError
+from ..errors import InvalidInputError
 from ..inputs import load_text
 from ..task import Task
 
@@ -148,10 +148,7 @@ class SentimentTask(Task):
         self._label2id = {label: i for i, label in enumerate(labels)}
 
     def encode_example(self, example: dict, where: str) -> dict:
-        try:
-            text = load_text(example["text"], where)
-        except InvalidInputError as err:
-            raise DataError(str(err)) from None
+        text = load_text(example["text"], where)
         encoded = self.tokenizer(text, truncation=True, max_length=self.train_max_length)
         return {**{key: encoded[key] for key in self._pad_values}, "labels": label_id(self._label2id, example["label"], where)}
 

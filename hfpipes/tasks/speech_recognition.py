@@ -641,12 +641,9 @@ class SpeechRecognitionTask(Task):
 
     def prepare_training(self, train: list, eval: list, config: Any) -> None:
         super().prepare_training(train, eval, config)
-        unknown = sorted(set(config.task_options) - set(TRAINING_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"task_options: unknown key(s) {unknown}; the speech-recognition task takes {', '.join(TRAINING_OPTIONS)} "
-                "(the language of the data: Whisper's prompt, and the normaliser of the WER)."
-            )
+        self.check_task_options(
+            config.task_options, TRAINING_OPTIONS, "the language of the data: Whisper's prompt, and the normaliser of the WER"
+        )
         language = config.task_options.get("language")
         try:
             code = None if language is None else _iso_code(language, "task_options.language")
@@ -707,11 +704,8 @@ class SpeechRecognitionTask(Task):
         audio = example["audio"]
         if isinstance(audio, dict) and "array" not in audio and "raw" not in audio:
             audio = audio.get("bytes") or audio.get("path")  # `datasets.Audio(decode=False)`
-        try:
-            samples = load_audio(audio, where, sampling_rate=self.sampling_rate)
-            text = load_text(example["text"], f"{where}, column 'text'").strip()
-        except InvalidInputError as err:
-            raise DataError(str(err)) from None
+        samples = load_audio(audio, where, sampling_rate=self.sampling_rate)
+        text = load_text(example["text"], f"{where}, column 'text'").strip()
         if len(samples) > self.window_samples:
             raise DataError(
                 f"{where}: the clip is {len(samples) / self.sampling_rate:.1f} s long; this model is trained on clips "

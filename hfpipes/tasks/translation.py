@@ -674,12 +674,9 @@ class TranslationTask(Task):
         import inspect
 
         super().prepare_training(train, eval, config)
-        unknown = sorted(set(config.task_options) - set(TRAINING_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"task_options: unknown key(s) {unknown}; the translation task takes {', '.join(TRAINING_OPTIONS)} "
-                "(the languages of records without src_lang/tgt_lang columns)."
-            )
+        self.check_task_options(
+            config.task_options, TRAINING_OPTIONS, "the languages of records without src_lang/tgt_lang columns"
+        )
         # Records without their own language columns take these (the caller's, else the model's defaults).
         defaults: dict[str, str | None] = {}
         for option, side in (("src_lang", self._source), ("tgt_lang", self._target)):
@@ -709,11 +706,8 @@ class TranslationTask(Task):
         )
 
     def encode_example(self, example: dict, where: str) -> dict:
-        try:
-            source_text = load_text(example["source"], f"{where}, column 'source'")
-            target_text = load_text(example["target"], f"{where}, column 'target'")
-        except InvalidInputError as err:
-            raise DataError(str(err)) from None
+        source_text = load_text(example["source"], f"{where}, column 'source'")
+        target_text = load_text(example["target"], f"{where}, column 'target'")
         source, target = self._example_languages(example, where)
         prompt = self._prompts([source_text], source, target)[0]
         if self.route == "seq2seq":
