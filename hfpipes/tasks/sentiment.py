@@ -4,6 +4,12 @@ A window of texts is tokenized in one call, without padding; the base class sort
 and pads each batch only to its own longest member. Texts longer than the model's maximum length are
 truncated with a warning (never an index error).
 
+Fine-tuning (`hfpipes.finetune`, columns `text` and `label`): a new head for the data's label set (the encoder keeps
+its weights), cross-entropy loss, accuracy and macro F1 on the evaluation data. On imbalanced data,
+`task_options: {class_weights: balanced}` weights each class by `n_examples / (n_classes * n_of_class)` (scikit-learn's
+`class_weight="balanced"`), so all the data can be used without the model leaning to the majority class; a mapping
+such as `{class_weights: {negative: 1, positive: 2.5}}` sets the weights by hand.
+
 Example:
 
 ```python
@@ -18,18 +24,23 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..batching import pad_sequences
 from ..data import label_id, label_set
-from ..errors import InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 from ..inputs import load_text
 from ..task import Task
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("hfpipes")
 
 # Tokenizers report 1e30 for "no limit"; then the model's position embeddings set the limit.
 _NO_LIMIT = 100_000
+# Training options (`task_options`) of this task.
+TRAINING_OPTIONS = ("class_weights",)
 
 
 class SentimentTask(Task):
@@ -134,6 +145,7 @@ class SentimentTask(Task):
 
     def prepare_training(self, train: list, eval: list, config: Any) -> None:
         super().prepare_training(train, eval, config)
+        self.check_task_options(config.task_options, TRAINING_OPTIONS, "weights of the classes in the loss")
         labels = label_set(train, eval, config.labels)
         if [self.model.config.id2label.get(i) for i in range(self.model.config.num_labels)] != labels:
             from transformers import AutoModelForSequenceClassification
@@ -146,6 +158,11 @@ class SentimentTask(Task):
             )  # fmt: skip
         self.train_max_length = min(config.max_length or self.max_length, self.max_length)
         self._label2id = {label: i for i, label in enumerate(labels)}
+        self._class_weights = _class_weights(config.task_options.get("class_weights"), train, labels)
+        if self._class_weights is not None:
+            # What the model's own loss records on its first labelled forward pass, which the weighted loss skips.
+            self.model.config.problem_type = "single_label_classification"
+            logger.info("hfpipes sentiment: class weights in the loss: %s", dict(zip(labels, self._class_weights, strict=True)))
 
     def encode_example(self, example: dict, where: str) -> dict:
         text = load_text(example["text"], where)
@@ -160,6 +177,17 @@ class SentimentTask(Task):
         batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch
 
+    def training_loss(self, model: Any, batch: dict) -> "torch.Tensor":
+        if self._class_weights is None:
+            return model(**batch).loss
+        import torch
+
+        # The same cross-entropy the model computes, with each example weighted by its class (as
+        # `torch.nn.CrossEntropyLoss(weight=...)` does: the mean is taken over the weights).
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        weight = torch.tensor(self._class_weights, dtype=logits.dtype, device=logits.device)
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weight.float())
+
     def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         return logits.argmax(-1).tolist(), batch["labels"].tolist()
@@ -169,3 +197,23 @@ class SentimentTask(Task):
 
         return classification_metrics(predictions, references)
 
+
+def _class_weights(value: Any, train: list, labels: list[str]) -> list[float] | None:
+    """The loss weight of each label in `labels` order, from `task_options.class_weights` (None: unweighted)."""
+    from collections import Counter
+
+    if value is None:
+        return None
+    if value == "balanced":
+        counts = Counter(str(record.values["label"]).strip() for record in train)
+        return [len(train) / (len(labels) * counts[label]) if counts[label] else 0.0 for label in labels]
+    if isinstance(value, dict):
+        unknown = sorted(set(map(str, value)) - set(labels))
+        if unknown:
+            raise ConfigError(f"task_options.class_weights: unknown label(s) {unknown}; the labels are {labels}.")
+        weights = [value.get(label, 1.0) for label in labels]
+        if all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights) and any(weights):
+            return [float(w) for w in weights]
+    raise ConfigError(
+        f"task_options.class_weights: expected 'balanced' or a mapping label -> non-negative weight, got {value!r}."
+    )

@@ -38,8 +38,8 @@ def held_out_tweets():
 
 def test_accuracy_on_held_out_tweets(sentiment, held_out_tweets):
     # All 1,000, including the 54% whose annotators did not all agree (CrowdFlower confidence 0.33-0.99): a frozen
-    # MiniLM with a logistic-regression head reaches 0.846 on them, the shipped adapter 0.899
-    # (model_cards/sentiment-minilm.md). The floor is that figure rounded down to a point.
+    # MiniLM with a logistic-regression head reaches 0.846 on them, the shipped adapter 0.900
+    # (model_cards/sentiment-minilm.md). The floor leaves a point for other CPUs' rounding.
     accuracy = _accuracy(sentiment, held_out_tweets)
     print(f"held-out tweets: accuracy {accuracy:.4f} on {len(held_out_tweets)}")
     assert len(held_out_tweets) == 1000
@@ -48,12 +48,12 @@ def test_accuracy_on_held_out_tweets(sentiment, held_out_tweets):
 
 def test_accuracy_on_held_out_tweets_the_annotators_agreed_on(sentiment, held_out_tweets):
     # The held-out tweets whose label every annotator gave (confidence 1.0): the labels a classifier can be held to.
-    # Frozen encoder + logistic regression: 0.893; the shipped adapter: 0.945.
+    # Frozen encoder + logistic regression: 0.893; the shipped adapter: 0.961 (439 of 457).
     agreed = [r for r in held_out_tweets if r.values.get("confidence") == "1"]
     accuracy = _accuracy(sentiment, agreed)
     print(f"held-out tweets with full annotator agreement: accuracy {accuracy:.4f} on {len(agreed)}")
     assert len(agreed) == 457
-    assert accuracy >= 0.93
+    assert accuracy >= 0.95
 
 
 def test_accuracy_on_written_reviews(sentiment):

@@ -107,3 +107,87 @@ def test_datasets_column(pipe):
 def test_bad_text_inputs_name_the_input(pipe, bad, message):
     with pytest.raises(InvalidInputError, match=message):
         pipe(["fine", bad])
+
+
+# ------------------------------------------------------------------------------------- fine-tuning: class weights
+
+
+def _prepared(model, records, **config):
+    """A sentiment task ready to train on `records`, as `finetune` prepares it."""
+    from hfpipes.data import Record
+    from hfpipes.tasks.sentiment import SentimentTask
+    from hfpipes.training import FinetuneConfig
+
+    config = FinetuneConfig(**config)
+    task = SentimentTask.for_finetuning(model, config)
+    train = [Record(values=r, where=f"row {i}") for i, r in enumerate(records)]
+    task.prepare_training(train, [], config)
+    return task, train
+
+
+# Three negatives to one positive: the imbalance that class weights are for.
+IMBALANCED = [{"text": t, "label": "negative"} for t in TEXTS[:3]] + [{"text": TEXTS[3], "label": "positive"}]
+
+
+def test_balanced_class_weights_are_scikit_learns(tiny_text_classifier):
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    task, _ = _prepared(tiny_text_classifier, IMBALANCED, task_options={"class_weights": "balanced"})
+    labels = [r["label"] for r in IMBALANCED]
+    expected = compute_class_weight("balanced", classes=np.array(["negative", "positive"]), y=np.array(labels))
+    assert task._class_weights == pytest.approx(expected.tolist())  # negative 2/3, positive 2
+
+
+def test_weighted_loss_is_torchs_weighted_cross_entropy(tiny_text_classifier):
+    import torch
+
+    weights = {"negative": 1.0, "positive": 3.0}
+    task, train = _prepared(tiny_text_classifier, IMBALANCED, task_options={"class_weights": weights})
+    batch = task.training_collate(task.encode_records(train))
+    task.model.eval()
+    with torch.no_grad():
+        logits = task.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        expected = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0]))(logits, batch["labels"])
+        unweighted = task.model(**batch).loss
+        assert task.training_loss(task.model, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(unweighted.item())  # the weights did change the loss
+
+
+def test_without_class_weights_the_loss_is_the_models(tiny_text_classifier):
+    import torch
+
+    task, train = _prepared(tiny_text_classifier, IMBALANCED)
+    batch = task.training_collate(task.encode_records(train))
+    task.model.eval()
+    with torch.no_grad():
+        assert task.training_loss(task.model, batch).item() == task.model(**batch).loss.item()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"class_weights": "inverse"}, r"class_weights: expected 'balanced' or a mapping"),
+        ({"class_weights": {"postive": 2}}, r"unknown label\(s\) \['postive'\]; the labels are \['negative', 'positive'\]"),
+        ({"class_weights": {"positive": -1}}, r"class_weights: expected"),
+        ({"class_weight": "balanced"}, r"unknown key\(s\) \['class_weight'\].*takes class_weights"),
+    ],
+)
+def test_bad_class_weights_are_config_errors(tiny_text_classifier, tmp_path, options, message):
+    from hfpipes.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        hfpipes.finetune("sentiment", IMBALANCED, model=tiny_text_classifier, output_dir=str(tmp_path / "out"),
+                         max_steps=1, task_options=options)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_weighted_fine_tune_reloads_as_a_single_label_classifier(tiny_text_classifier, tmp_path):
+    out = tmp_path / "out"
+    hfpipes.finetune("sentiment", IMBALANCED, model=tiny_text_classifier, output_dir=str(out), max_steps=2,
+                     batch_size=4, task_options={"class_weights": "balanced"})  # fmt: skip
+    with hfpipes.load("sentiment", model=str(out), device="cpu") as pipe:
+        assert pipe.model.config.problem_type == "single_label_classification"
+        scores = pipe("I love it", top_k=None)
+    assert {s["label"] for s in scores} == {"negative", "positive"}
+    assert sum(s["score"] for s in scores) == pytest.approx(1.0)  # softmax, as a single-label classifier
