@@ -319,7 +319,7 @@ class ImageGenerationTask(Task):
             self.model_name = os.fspath(model)
 
     def _load(self, location: Any, **kwargs: Any) -> None:
-        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+        from diffusers import DiffusionPipeline
 
         with _no_diffusers_progress_bars():
             pipeline = self.from_pretrained(DiffusionPipeline, **kwargs)
@@ -327,6 +327,10 @@ class ImageGenerationTask(Task):
             self._apply_lora(pipeline, self._lora_dir)
         parameters = inspect.signature(pipeline.__call__).parameters
         if "prompt" in parameters and ("image" in parameters or "mask_image" in parameters):
+            # Imported only here: diffusers' auto_pipeline module imports every pipeline it maps (about 1 s, and
+            # transformers' warnings about image processors that want torchvision).
+            from diffusers import AutoPipelineForText2Image
+
             try:
                 pipeline = AutoPipelineForText2Image.from_pipe(pipeline)
             except ValueError as err:

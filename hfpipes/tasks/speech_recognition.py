@@ -223,21 +223,34 @@ class _AudioFile:
         return samples
 
 
-class _MaxLengthWarningFilter(logging.Filter):
-    """Drops transformers' "Both `max_new_tokens` and `max_length` seem to have been set" warning.
+class _WhisperGenerateNoiseFilter(logging.Filter):
+    """Drops two warnings that every Whisper `generate` call makes transformers log, neither about the caller:
 
-    Whisper checkpoints set `max_length` in their generation config, so every `generate` call with the caller's
-    `max_new_tokens` would log it, once per batch, although `max_new_tokens` is exactly what was asked for.
+    - "Both `max_new_tokens` and `max_length` seem to have been set": Whisper checkpoints set `max_length` in their
+      generation config, so every call with the caller's `max_new_tokens` would log it, once per batch, although
+      `max_new_tokens` is exactly what was asked for;
+    - "Passing `generation_config` together with generation-related arguments=({'begin_suppress_tokens',
+      'suppress_tokens'}) is deprecated": transformers' own `WhisperForConditionalGeneration.generate` passes both
+      to `GenerationMixin.generate` (a workaround of its own, transformers 5.x). The same warning for any other
+      argument still shows.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Both `max_new_tokens`")
+        message = str(record.msg)
+        if message.startswith("Both `max_new_tokens`"):
+            return False
+        arguments = _GENERATION_CONFIG_ARGUMENTS.match(message)
+        return not (arguments and set(re.findall(r"'(\w+)'", arguments[1])) <= _WHISPER_OWN_ARGUMENTS)
+
+
+_GENERATION_CONFIG_ARGUMENTS = re.compile(r"Passing `generation_config` together with generation-related arguments=\(\{(.*?)\}\)")
+_WHISPER_OWN_ARGUMENTS = {"begin_suppress_tokens", "suppress_tokens"}
 
 
 @contextlib.contextmanager
-def _quiet_max_length_warning() -> Iterator[None]:
+def _quiet_whisper_generate_warnings() -> Iterator[None]:
     generation_logger = logging.getLogger("transformers.generation.utils")
-    quiet = _MaxLengthWarningFilter()
+    quiet = _WhisperGenerateNoiseFilter()
     generation_logger.addFilter(quiet)
     try:
         yield
@@ -555,7 +568,7 @@ class SpeechRecognitionTask(Task):
         return [{"tokens": tokens, "stride": stride} for tokens, stride in zip(rows, strides, strict=True)]
 
     def _generate(self, batch: dict, options: dict) -> torch.Tensor:
-        with _quiet_max_length_warning():
+        with _quiet_whisper_generate_warnings():
             tokens = self.model.generate(**batch, **options)
         return tokens if hasattr(tokens, "shape") else tokens["sequences"]
 
@@ -814,7 +827,7 @@ class SpeechRecognitionTask(Task):
         options: dict[str, Any] = {"max_new_tokens": min(longest + longest // 2 + 4, room)}
         if self.multilingual and getattr(self.model.generation_config, "task_to_id", None):
             options.update(task="transcribe", language=self.train_language)
-        with _quiet_max_length_warning():
+        with _quiet_whisper_generate_warnings():
             tokens = model.generate(
                 input_features=batch["input_features"], attention_mask=batch["attention_mask"], **options
             )

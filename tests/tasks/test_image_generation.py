@@ -332,3 +332,19 @@ def test_progress_true_shows_the_denoising_bar(digits, capsys):
     assert "2/2" in capsys.readouterr().err
     digits("7", seed=0, **STEPS)
     assert "2/2" not in capsys.readouterr().err
+
+
+def test_a_pixel_pipeline_loads_without_diffusers_auto_pipelines(tiny_class_ddpm):
+    # diffusers' auto_pipeline module imports every pipeline it maps (and with them transformers' image processors,
+    # which warn that torchvision is missing): only an image-to-image pipeline needs it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hfpipes\n"
+        f"pipe = hfpipes.load('image-generation', model={tiny_class_ddpm!r}, device='cpu')\n"
+        "print(pipe.kind, 'diffusers.pipelines.auto_pipeline' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["class-conditional", "False"], done.stdout
+    assert "requires torchvision" not in done.stderr

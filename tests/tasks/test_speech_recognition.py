@@ -398,3 +398,46 @@ def test_unreadable_file_names_the_input_and_the_path(letters, tmp_path):
 def test_a_model_that_is_not_for_speech_recognition_is_refused(tiny_text_classifier):
     with pytest.raises(ModelLoadError, match="expected a Whisper model or a CTC model"):
         hfpipes.load("speech-recognition", model=tiny_text_classifier, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ transformers' noise
+
+
+def _generation_warnings(run) -> list[str]:
+    """What transformers' generation module logs while `run()` runs (its `warning_once` cache cleared first)."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logging.Logger.warning_once.cache_clear()
+    generation_logger, collect = logging.getLogger("transformers.generation.utils"), Collect()
+    generation_logger.addHandler(collect)
+    try:
+        run()
+    finally:
+        generation_logger.removeHandler(collect)
+    return collect.messages
+
+
+def test_whisper_transcription_logs_none_of_transformers_own_generate_warnings(whisper):
+    messages = _generation_warnings(lambda: whisper(tone(1.0, 440), max_new_tokens=5))
+    assert not [m for m in messages if "Passing `generation_config` together" in m or "Both `max_new_tokens`" in m]
+
+
+def test_the_generate_warning_filter_keeps_warnings_about_other_arguments():
+    import logging
+
+    from hfpipes.tasks.speech_recognition import _WhisperGenerateNoiseFilter
+
+    def kept(message):
+        return _WhisperGenerateNoiseFilter().filter(logging.LogRecord("t", logging.WARNING, "", 0, message, None, None))
+
+    own = "Passing `generation_config` together with generation-related arguments=({'suppress_tokens', 'begin_suppress_tokens'}) is deprecated"
+    other = "Passing `generation_config` together with generation-related arguments=({'suppress_tokens', 'temperature'}) is deprecated"
+    assert not kept(own) and kept(other) and kept("Setting `pad_token_id` to `eos_token_id`")
