@@ -613,13 +613,18 @@ class Task:
         """Write the trained model and its preprocessors (adapters only, for a LoRA fine-tune)."""
         import json
 
-        for adapter in getattr(model, "peft_config", {}).values():
-            # The spec the base was loaded from (a Hub id, "embedded:NAME"), not the path it resolved to here.
-            adapter.base_model_name_or_path = self.model_name
+        # peft saves with the base's local path, where it reads the base's config.json to see whether the
+        # vocabulary was resized (with a spec such as "embedded:NAME" it would ask the Hub, and warn offline).
         model.save_pretrained(directory)
         for component in self._components()[1:]:
             component.save_pretrained(directory)
         if hasattr(model, "peft_config"):
+            for name in model.peft_config:
+                # The spec the base was loaded from (a Hub id, "embedded:NAME"), not the path it resolved to here.
+                config_file = Path(directory, *([] if name == "default" else [name]), "adapter_config.json")
+                adapter_config = json.loads(config_file.read_text())
+                adapter_config["base_model_name_or_path"] = self.model_name
+                config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
             # Without config.json the directory is a pure adapter; these are what the base needs to take it.
             info = {"task": self.task, "base_model": self.model_name, "config_overrides": _head_config(model.get_base_model())}
             (Path(directory) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")

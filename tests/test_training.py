@@ -107,6 +107,26 @@ def test_lora_saves_an_adapter_that_hfpipes_load_applies(tiny_text_classifier, t
         assert pipe is not base and [r[0]["score"] for r in results] != [r["score"] for r in base([r["text"] for r in TRAIN])]
 
 
+def test_lora_on_a_packaged_base_names_the_spec_and_saves_without_asking_the_hub(tiny_text_classifier, tmp_path, monkeypatch):
+    import warnings
+
+    from tests.test_sources import make_package
+
+    folder = make_package(tmp_path / "site", "fake_sentiment_weights", "1.0.0", {})
+    shutil.copytree(tiny_text_classifier, folder / "model")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    spec, out = "package:fake-sentiment-weights/model", tmp_path / "lora"
+    peft = {"type": "lora", "r": 4, "target_modules": ["query", "value"]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hfpipes.finetune("sentiment", TRAIN, model=spec, output_dir=str(out), max_steps=2, peft=peft, **FAST)
+    # peft checks the base's config.json for a resized vocabulary: at the local path, not on the Hub.
+    assert not [w for w in caught if "Could not find a config file" in str(w.message)]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == spec
+    with hfpipes.load("sentiment", model=str(out), device="cpu") as pipe:
+        assert pipe("good")["label"] in {"negative", "positive"}
+
+
 def test_early_stopping(tiny_text_classifier, tmp_path):
     result = hfpipes.finetune("sentiment", TRAIN, eval=TRAIN, model=tiny_text_classifier, output_dir=str(tmp_path),
                               epochs=50, learning_rate=1e-9, eval_every=1, early_stopping_patience=2,
