@@ -218,10 +218,12 @@ class Task:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         progress: bool | None = None,
+        config_overrides: dict[str, Any] | None = None,
         **load_kwargs: Any,
     ) -> None:
         from .sources import resolve_model
 
+        self.config_overrides = dict(config_overrides or {})
         self.batch_size = self._check_batch_size(batch_size)
         self.progress = progress
         self.device = resolve_device(device)
@@ -272,6 +274,9 @@ class Task:
             options.setdefault("dtype", self.dtype)
             # safetensors only, unless the caller opted into pickle (which can run code when unpickled).
             options.setdefault("use_safetensors", None if self.allow_pickle else True)
+            if self.config_overrides:
+                self._check_config_overrides(path)
+                options.update(self.config_overrides)
         try:
             with quiet_progress_bars():
                 if is_model and (Path(path) / "adapter_config.json").is_file():
@@ -279,6 +284,25 @@ class Task:
                 return auto_class.from_pretrained(path, **options)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise self._loading_error(err, path, auto_class) from None
+
+    def _check_config_overrides(self, path: str) -> None:
+        """Refuse overrides that are not attributes of the model's config (from_pretrained would hand them to the
+        model's constructor, which fails with a TypeError from deep inside transformers)."""
+        from transformers import AutoConfig
+
+        if (Path(path) / "adapter_config.json").is_file():
+            return  # a LoRA fine-tune: the config is its base's (a wrong key then fails as a ModelLoadError)
+        try:
+            with quiet_progress_bars():
+                config = AutoConfig.from_pretrained(path, **self.location.load_kwargs, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"config_overrides: the model's config could not be read to check them ({err}).") from None
+        unknown = sorted(key for key in self.config_overrides if not hasattr(config, key))
+        if unknown:
+            raise ConfigError(
+                f"config_overrides: {unknown} not attribute(s) of the model's {type(config).__name__}; "
+                f"it has e.g. {', '.join(sorted(k for k in config.to_dict() if not k.startswith('_'))[:12])}."
+            )
 
     def _load_adapter(self, auto_class: Any, directory: Path, options: dict[str, Any]) -> Any:
         """A LoRA fine-tune saved by `save_trained`: load its base model, apply the adapter, merge it for speed."""
@@ -547,7 +571,9 @@ class Task:
         """Load the model to fine-tune, on the CPU in float32 (Accelerate moves it and handles precision)."""
         if config.model_config is not None:
             raise ConfigError(f"model_config: the {cls.task!r} task starts from a pretrained model; remove model_config.")
-        return cls(model, device="cpu", dtype="float32", allow_pickle=config.allow_pickle)
+        return cls(
+            model, device="cpu", dtype="float32", allow_pickle=config.allow_pickle, config_overrides=config.config_overrides
+        )
 
     def prepare_training(self, train: list, eval: list, config: Any) -> None:
         """Called once with the validated records before encoding: build label sets, resize heads, ..."""

@@ -118,6 +118,9 @@ class FinetuneConfig:
     max_eval_samples: int | None = None
     # Build the model from this config instead of loading pretrained weights (training from scratch).
     model_config: dict[str, Any] | None = None
+    # Change these attributes of the pretrained model's config before its modules are built, as transformers'
+    # examples' --config_overrides do, e.g. {hidden_dropout_prob: 0.2} or {batch_norm_momentum: 0.1}.
+    config_overrides: dict[str, Any] = field(default_factory=dict)
     # Options specific to the task (see the task's `training_options`), e.g. {num_train_timesteps: 1000}.
     task_options: dict[str, Any] = field(default_factory=dict)
     # Allow pickle-based weights for the base model (they can run code when loaded).
@@ -165,6 +168,8 @@ class FinetuneConfig:
         check(isinstance(self.columns, dict), "columns", "a mapping of task column -> data column")
         check(self.labels is None or (isinstance(self.labels, list) and len(self.labels) >= 1), "labels", "a list of label names")
         check(self.peft is None or isinstance(self.peft, dict), "peft", "a mapping like {type: lora, r: 8}")
+        check(isinstance(self.config_overrides, dict) and all(isinstance(k, str) for k in self.config_overrides),
+              "config_overrides", "a mapping of config attribute -> value, like {hidden_dropout_prob: 0.2}")  # fmt: skip
         from transformers.trainer_utils import SchedulerType
 
         valid = [s.value for s in SchedulerType]

@@ -142,3 +142,48 @@ def test_load_recipe_with_overrides(tmp_path):
     assert loaded == {"task": "sentiment", "train": "data.csv", "epochs": 1, "peft": {"r": 4}, "columns": {"text": "review"}}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_recipe(recipe, ["epochs"])
+
+
+# ---------------------------------------------------------------------------------------------- config_overrides
+
+
+def test_config_overrides_change_the_model_before_its_modules_are_built(tiny_text_classifier, tmp_path):
+    out = tmp_path / "out"
+    hfpipes.finetune("sentiment", TRAIN, model=tiny_text_classifier, output_dir=str(out), max_steps=1,
+                     config_overrides={"hidden_dropout_prob": 0.37}, **FAST)  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["hidden_dropout_prob"] == 0.37
+    with hfpipes.load("sentiment", model=str(out), device="cpu") as pipe:
+        # The new head's dropout (built after the override, in prepare_training) too.
+        assert pipe.model.dropout.p == 0.37
+
+
+def test_batch_norm_momentum_override_reaches_efficientnet_lite(tmp_path):
+    # EfficientNet-Lite keeps TensorFlow's slow BatchNorm momentum (0.01): a short fine-tune on new images leaves
+    # the running statistics mostly ImageNet's. The recipe in tasks/ raises it through config_overrides.
+    from hfpipes.convert.efficientnet_lite import image_processor_for_lite
+    from hfpipes.models.efficientnet_lite import EfficientNetLiteForImageClassification
+    from tests.fixtures.image_classification import random_images
+    from tests.models.test_efficientnet_lite import tiny_config
+
+    base, out = tmp_path / "lite", tmp_path / "out"
+    EfficientNetLiteForImageClassification(tiny_config()).save_pretrained(base)
+    image_processor_for_lite(32).save_pretrained(base)
+    train = [{"image": image, "label": ["cat", "dog"][i % 2]} for i, image in enumerate(random_images(4))]
+    hfpipes.finetune("image-classification", train, model=str(base), output_dir=str(out), max_steps=1,
+                     config_overrides={"batch_norm_momentum": 0.1}, **FAST)  # fmt: skip
+    with hfpipes.load("image-classification", model=str(out), device="cpu") as pipe:
+        assert {m.momentum for m in pipe.model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hiden_dropout_prob": 0.2}, r"config_overrides: \['hiden_dropout_prob'\] not attribute\(s\) of the model's BertConfig"),
+        ("dropout=0.2", r"config_overrides: expected a mapping"),
+    ],
+)
+def test_bad_config_overrides_are_config_errors(tiny_text_classifier, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        hfpipes.finetune("sentiment", TRAIN, model=tiny_text_classifier, output_dir=str(tmp_path / "out"), max_steps=1,
+                         config_overrides=overrides)  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -746,6 +746,11 @@ class ImageGenerationTask(Task):
         import torch
 
         options = _training_options(config.task_options)
+        if config.config_overrides:
+            raise ConfigError(
+                "config_overrides: not for diffusion pipelines (their components have a config each); give a new "
+                "UNet's architecture with model_config."
+            )
         if config.model_config is None:
             task = cls(model, device="cpu", dtype="float32", allow_pickle=config.allow_pickle)
             task._check_trainable(options, config)

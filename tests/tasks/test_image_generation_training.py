@@ -243,6 +243,7 @@ def test_lora_recipe_runs_on_a_tiny_stable_diffusion(tiny_stable_diffusion, tmp_
         ),
         ({"model_config": {**TINY_UNET, "block_out_channels": [8, 10]}}, "UNet2DModel refused it"),
         ({"model_config": TINY_UNET, "peft": {"r": 4}}, "peft: LoRA needs a pretrained text-to-image pipeline"),
+        ({"model_config": TINY_UNET, "config_overrides": {"dropout": 0.1}}, "config_overrides: not for diffusion pipelines"),
     ],
 )
 def test_config_errors_say_what_is_valid(digit_folder, tmp_path, options, message):
