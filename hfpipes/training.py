@@ -51,6 +51,8 @@ CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 LOG_FILE = "training_log.jsonl"
 STATE_FILE = "trainer_state.json"
+# Under checkpoints/: the weights of the best evaluation so far (load_best_model_at_end).
+BEST = "best"
 
 
 @dataclass
@@ -96,6 +98,10 @@ class FinetuneConfig:
     log_every: int = 10
     # Stop after this many evaluations without improvement of metric_for_best; null never stops early.
     early_stopping_patience: int | None = None
+    # At the end, go back to the weights of the best evaluation (by metric_for_best) and save those, as
+    # transformers' Trainer option of that name; metrics.json then holds that evaluation (and best_step). The best
+    # weights are kept in checkpoints/best/ (from the main process: not for FSDP or DeepSpeed ZeRO-3 shards).
+    load_best_model_at_end: bool = False
     # The metric that decides "better" (defaults to the task's main metric, e.g. accuracy, chrf, wer).
     metric_for_best: str | None = None
     # true: continue from the newest checkpoint in output_dir; or a checkpoint directory.
@@ -166,6 +172,7 @@ class FinetuneConfig:
         check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "'no', 'fp16' or 'bf16'")
         check(self.eval_split is None or 0.0 < self.eval_split < 1.0, "eval_split", "a fraction between 0 and 1")
         check(isinstance(self.columns, dict), "columns", "a mapping of task column -> data column")
+        check(isinstance(self.load_best_model_at_end, bool), "load_best_model_at_end", "true or false")
         check(self.labels is None or (isinstance(self.labels, list) and len(self.labels) >= 1), "labels", "a list of label names")
         check(self.peft is None or isinstance(self.peft, dict), "peft", "a mapping like {type: lora, r: 8}")
         check(isinstance(self.config_overrides, dict) and all(isinstance(k, str) for k in self.config_overrides),
@@ -300,6 +307,7 @@ class _LoopState:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_metric: float | None = None
+        self.best_step: int | None = None
         self.evals_without_improvement = 0
         self.stopped_early = False
 
@@ -417,6 +425,7 @@ class _Trainer:
         better = best is None or (value > best if self.greater_is_better else value < best)
         if better:
             self.state.best_metric = value
+            self.state.best_step = self.state.global_step
             self.state.evals_without_improvement = 0
         else:
             self.state.evals_without_improvement += 1
@@ -443,6 +452,39 @@ class _Trainer:
                 for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.save_total_limit]:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
+
+    def save_best(self, metrics: dict[str, float]) -> None:
+        """Keep the current weights as the best so far: `checkpoints/best/`, replaced whole (never half-written)."""
+        from safetensors.torch import save_model
+
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            final, tmp, old = (self.checkpoint_dir / name for name in (BEST, f".tmp-{BEST}", f".old-{BEST}"))
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            # safetensors' save_model drops tied duplicates that a plain state dict would fail on.
+            save_model(accelerator.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            (tmp / "metrics.json").write_text(json.dumps({**metrics, "best_step": self.state.global_step}, indent=2))
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def load_best(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Go back to the weights `save_best` kept; returns the metrics of their evaluation."""
+        from safetensors.torch import load_model
+
+        best = self.checkpoint_dir / BEST
+        if not (best / "metrics.json").is_file():
+            logger.warning("hfpipes finetune: load_best_model_at_end, but no best weights in %s; keeping the last.", best)
+            return metrics
+        load_model(self.accelerator.unwrap_model(self.model), str(best / "model.safetensors"))
+        best_metrics = json.loads((best / "metrics.json").read_text())
+        logger.info("hfpipes finetune: back to the best evaluation's weights (step %d, %s=%.4g)",
+                    best_metrics["best_step"], self.main_metric, best_metrics[self.main_metric])  # fmt: skip
+        self.accelerator.wait_for_everyone()
+        return best_metrics
 
     def load_checkpoint(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
@@ -506,7 +548,8 @@ class _Trainer:
                     last_eval_step = state.global_step
                     self.log(metrics)
                     self.save_samples()
-                    self._improved(metrics)
+                    if self._improved(metrics) and config.load_best_model_at_end:
+                        self.save_best(metrics)
                     if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
                         state.stopped_early = True
                         self.log({"early_stop": True})
@@ -518,6 +561,8 @@ class _Trainer:
         if self.has_eval and last_eval_step != state.global_step and not metrics:
             metrics = self.evaluate()
             self.log(metrics)
+        if config.load_best_model_at_end:
+            metrics = self.load_best(metrics)
         train_losses = [e["train_loss"] for e in self.history if "train_loss" in e]
         return {**metrics, **({"train_loss": train_losses[-1]} if train_losses else {}), "step": state.global_step,
                 "epoch": round(state.global_step / self.steps_per_epoch, 4)}  # fmt: skip
@@ -624,6 +669,8 @@ def finetune(
         eval_records = []
     train_records = _subset(train_records, cfg.max_train_samples, cfg.seed)
     eval_records = _subset(eval_records, cfg.max_eval_samples, cfg.seed)
+    if cfg.load_best_model_at_end and not eval_records:
+        raise ConfigError("load_best_model_at_end: needs evaluation data to pick the best weights (eval= or eval_split).")
     task_obj.prepare_training(train_records, eval_records, cfg)
     train_features = task_obj.encode_records(train_records)
     eval_features = task_obj.encode_records(eval_records)
@@ -639,9 +686,10 @@ def finetune(
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
     else:
-        # A fresh run starts a fresh log (a stale one would mix two runs' curves).
+        # A fresh run starts a fresh log (a stale one would mix two runs' curves), and no earlier run's best.
         if accelerator.is_main_process:
             (trainer.checkpoint_dir / LOG_FILE).unlink(missing_ok=True)
+            shutil.rmtree(trainer.checkpoint_dir / BEST, ignore_errors=True)
     metrics = trainer.train()
     metrics["train_runtime_s"] = round(time.perf_counter() - started, 2)
     metrics["num_processes"] = accelerator.num_processes

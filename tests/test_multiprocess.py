@@ -59,6 +59,30 @@ def test_two_process_finetune_matches_one_process_with_the_same_global_batch(no_
     assert two["train_loss"] == pytest.approx(one.metrics["train_loss"], abs=1e-4)
 
 
+def test_two_process_load_best_model_at_end_matches_one_process(no_dropout_classifier, tmp_path):
+    # Evaluated with the labels swapped, the loss rises as the model learns (at a learning rate high enough to move
+    # the tiny model in 6 steps): the best evaluation is not the last.
+    data, swapped = tmp_path / "train.jsonl", tmp_path / "swapped.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TRAIN))
+    flip = {"positive": "negative", "negative": "positive"}
+    swapped.write_text("".join(json.dumps({**r, "label": flip[r["label"]]}) + "\n" for r in TRAIN))
+    options = dict(max_steps=6, eval_every=2, learning_rate=0.02, save_every=1000, log_every=1, metric_for_best="eval_loss",
+                   load_best_model_at_end=True)  # fmt: skip
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"task: sentiment\nmodel: {no_dropout_classifier}\ntrain: {data}\neval: {swapped}\n"
+                      + "".join(f"{k}: {json.dumps(v)}\n" for k, v in options.items()))  # fmt: skip
+    _launch("finetune", str(recipe), "--set", "batch_size=4", "--set", f"output_dir={tmp_path / 'two'}", cwd=tmp_path)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one = hfpipes.finetune("sentiment", str(data), eval=str(swapped), model=no_dropout_classifier,
+                           output_dir=str(tmp_path / "one"), batch_size=8, **options)  # fmt: skip
+    assert two["num_processes"] == 2 and two["best_step"] == one.metrics["best_step"] < 6
+    assert two["eval_loss"] == pytest.approx(one.metrics["eval_loss"], abs=1e-4)
+    with hfpipes.load("sentiment", model=str(tmp_path / "two"), device="cpu") as a, hfpipes.load(
+        "sentiment", model=str(tmp_path / "one"), device="cpu"
+    ) as b:
+        assert a("good", top_k=None)[0]["score"] == pytest.approx(b("good", top_k=None)[0]["score"], abs=1e-4)
+
+
 def test_two_process_run_writes_the_same_file_as_one_process(tiny_text_classifier, tmp_path):
     inputs = tmp_path / "in.txt"
     inputs.write_text("\n".join(f"{s} {i}" for i, s in enumerate(tiny_models.SENTENCES * 3)) + "\n")

@@ -144,6 +144,37 @@ def test_load_recipe_with_overrides(tmp_path):
         load_recipe(recipe, ["epochs"])
 
 
+# ----------------------------------------------------------------------------------------- load_best_model_at_end
+
+
+def test_load_best_model_at_end_saves_the_best_evaluations_weights(tiny_text_classifier, tmp_path):
+    # Evaluated on the training texts with the labels swapped, the loss can only rise as the model learns: the
+    # best evaluation is the first, not the last.
+    swapped = [{**r, "label": "negative" if r["label"] == "positive" else "positive"} for r in TRAIN]
+    out = tmp_path / "out"
+    result = hfpipes.finetune("sentiment", TRAIN, eval=swapped, model=tiny_text_classifier, output_dir=str(out),
+                              max_steps=6, eval_every=2, metric_for_best="eval_loss", load_best_model_at_end=True,
+                              save_total_limit=None, **{**FAST, "save_every": 2})  # fmt: skip
+    evals = [e for e in result.history if "eval_loss" in e]
+    best = min(evals, key=lambda e: e["eval_loss"])
+    assert best["step"] != evals[-1]["step"]  # the case this option is for
+    assert result.metrics["best_step"] == best["step"] and result.metrics["eval_loss"] == pytest.approx(best["eval_loss"])
+    assert json.loads((out / "metrics.json").read_text())["best_step"] == best["step"]
+    # The saved model is the checkpoint of that step, tensor for tensor.
+    saved = load_file(out / "model.safetensors")
+    at_best = load_file(out / "checkpoints" / f"step-{best['step']:07d}" / "model.safetensors")
+    assert saved.keys() == at_best.keys() and all(torch.equal(saved[k], at_best[k]) for k in saved)
+    with hfpipes.load("sentiment", model=str(out), device="cpu") as pipe:
+        assert pipe("good")["label"] in {"negative", "positive"}
+
+
+def test_load_best_model_at_end_without_evaluation_data_is_a_config_error(tiny_text_classifier, tmp_path):
+    with pytest.raises(ConfigError, match="load_best_model_at_end: needs evaluation data"):
+        hfpipes.finetune("sentiment", TRAIN, model=tiny_text_classifier, output_dir=str(tmp_path / "out"),
+                         max_steps=1, load_best_model_at_end=True)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------- config_overrides
 
 
