@@ -307,7 +307,6 @@ class _LoopState:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_metric: float | None = None
-        self.best_step: int | None = None
         self.evals_without_improvement = 0
         self.stopped_early = False
 
@@ -425,7 +424,6 @@ class _Trainer:
         better = best is None or (value > best if self.greater_is_better else value < best)
         if better:
             self.state.best_metric = value
-            self.state.best_step = self.state.global_step
             self.state.evals_without_improvement = 0
         else:
             self.state.evals_without_improvement += 1

@@ -13,6 +13,7 @@ import hfpipes
 from hfpipes.errors import ConfigError
 from hfpipes.training import FinetuneConfig, load_recipe
 from tests import tiny_models
+from tests.fixtures.common import assert_finetune_refused
 
 TRAIN = [{"text": s, "label": "positive" if i % 2 == 0 else "negative"} for i, s in enumerate(tiny_models.SENTENCES)]
 FAST = dict(batch_size=4, learning_rate=2e-3, log_every=1, save_every=1000)
@@ -169,10 +170,8 @@ def test_load_best_model_at_end_saves_the_best_evaluations_weights(tiny_text_cla
 
 
 def test_load_best_model_at_end_without_evaluation_data_is_a_config_error(tiny_text_classifier, tmp_path):
-    with pytest.raises(ConfigError, match="load_best_model_at_end: needs evaluation data"):
-        hfpipes.finetune("sentiment", TRAIN, model=tiny_text_classifier, output_dir=str(tmp_path / "out"),
-                         max_steps=1, load_best_model_at_end=True)  # fmt: skip
-    assert not (tmp_path / "out").exists()
+    assert_finetune_refused("sentiment", TRAIN, "load_best_model_at_end: needs evaluation data", tmp_path / "out",
+                            model=tiny_text_classifier, max_steps=1, load_best_model_at_end=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- config_overrides
@@ -214,7 +213,5 @@ def test_batch_norm_momentum_override_reaches_efficientnet_lite(tmp_path):
     ],
 )
 def test_bad_config_overrides_are_config_errors(tiny_text_classifier, tmp_path, overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        hfpipes.finetune("sentiment", TRAIN, model=tiny_text_classifier, output_dir=str(tmp_path / "out"), max_steps=1,
-                         config_overrides=overrides)  # fmt: skip
-    assert not (tmp_path / "out").exists()
+    assert_finetune_refused("sentiment", TRAIN, message, tmp_path / "out", model=tiny_text_classifier, max_steps=1,
+                            config_overrides=overrides)  # fmt: skip

@@ -769,7 +769,7 @@ class ImageGenerationTask(Task):
             task = cls.__new__(cls)
             task.batch_size, task.progress = None, None
             task.device, task.dtype = torch.device("cpu"), torch.float32
-            task.allow_pickle, task.trust_remote_code = config.allow_pickle, False
+            task.allow_pickle, task.trust_remote_code, task.config_overrides = config.allow_pickle, False, {}
             task.model_name, task.location, task._lora_dir = NEW_UNET, None, None
             task._lock = threading.RLock()
             task._unet_config = unet_config

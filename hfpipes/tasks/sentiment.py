@@ -185,8 +185,8 @@ class SentimentTask(Task):
         # The same cross-entropy the model computes, with each example weighted by its class (as
         # `torch.nn.CrossEntropyLoss(weight=...)` does: the mean is taken over the weights).
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        weight = torch.tensor(self._class_weights, dtype=logits.dtype, device=logits.device)
-        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weight.float())
+        weight = torch.tensor(self._class_weights, device=logits.device)  # float32, like the logits below
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weight)
 
     def eval_predictions(self, model: Any, batch: dict) -> tuple[list, list]:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
